@@ -1,0 +1,24 @@
+"""Celery tasks: thin wrappers that unpack ids and call into the engine."""
+
+from typing import Any
+from uuid import UUID
+
+from celery import shared_task
+
+from . import dispatch, runner, sweeper
+
+
+@shared_task(name="jobs.run_job", bind=True, ignore_result=True)
+def run_job(self: Any, job_id: str, dispatch_token: str) -> str:
+    return runner.run(UUID(job_id), UUID(dispatch_token), self.request.hostname or "unknown")
+
+
+@shared_task(name="jobs.dispatch", ignore_result=True)
+def dispatch_ready() -> int:
+    return dispatch.dispatch_ready()
+
+
+@shared_task(name="jobs.sweep")
+def sweep() -> dict[str, int] | None:
+    report = sweeper.sweep_single_flight()
+    return None if report is None else report.counts()
