@@ -143,7 +143,7 @@ STUCK_RUNNING_SECONDS = envseconds("STUCK_RUNNING_SECONDS", 1800)
 STUCK_EXECUTION_SECONDS = envseconds("STUCK_EXECUTION_SECONDS", 900)
 STUCK_BATCH_SECONDS = envseconds("STUCK_BATCH_SECONDS", 900)
 # Modules imported by workers and the API to register task handlers.
-TASK_MODULES = envlist("TASK_MODULES", "jobs.examples")
+TASK_MODULES = envlist("TASK_MODULES", "jobs.examples,batches.examples")
 # Crash points for fault-injection tests ("name=kill,other=raise"); inert when empty.
 FAILPOINTS = envstr("FAILPOINTS", "")
 

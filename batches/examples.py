@@ -1,0 +1,1 @@
+"""Example tasks that wait (examples.fanout, examples.wait_token) — see docs/API.md."""
