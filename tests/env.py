@@ -23,6 +23,7 @@ TEST_ENV = {
     "JOB_RETRY_MAX_SECONDS": "5",
     "CELERY_VISIBILITY_TIMEOUT": "3600",
     "LOG_LEVEL": "WARNING",
+    "TASK_MODULES": "jobs.examples,batches.examples,tests.tasks",
 }
 
 for key, value in TEST_ENV.items():
