@@ -48,7 +48,7 @@ WITH free AS (
     FROM jobs_tenant t WHERE t.id = %(tenant)s
 ), picked AS (
     SELECT j.id FROM jobs_job j
-    WHERE j.tenant_id = %(tenant)s AND j.status = 'queued' AND j.run_at <= now()
+    WHERE j.tenant_id = %(tenant)s AND j.status = 'queued' AND j.run_at <= statement_timestamp()  -- Django's Now() is statement time
     ORDER BY j.priority DESC, j.run_at, j.created_at
     LIMIT LEAST((SELECT n FROM free), %(max)s)
     FOR UPDATE SKIP LOCKED
@@ -118,7 +118,7 @@ def send_dispatched(rows: list[Dispatched]) -> None:
 def tenants_with_ready_work() -> list[UUID]:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT DISTINCT tenant_id FROM jobs_job WHERE status = 'queued' AND run_at <= now()"
+            "SELECT DISTINCT tenant_id FROM jobs_job WHERE status = 'queued' AND run_at <= statement_timestamp()"
         )
         return [row[0] for row in cursor.fetchall()]
 

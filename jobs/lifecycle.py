@@ -15,6 +15,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -105,7 +106,8 @@ def _job_fields(
         "max_attempts": attempts,
         "timeout_seconds": timeout,
         "priority": priority,
-        "run_at": timezone.now() + timedelta(seconds=delay_seconds),
+        # Postgres time, never this host's: a skewed clock must not delay or hurry a job.
+        **({"run_at": Now() + timedelta(seconds=delay_seconds)} if delay_seconds else {}),
     }
 
 
@@ -143,6 +145,8 @@ def submit(
     try:
         with transaction.atomic():
             job.save(force_insert=True)
+            if delay_seconds:
+                job.refresh_from_db(fields=["run_at"])
     except Exception as exc:  # unique violation: a concurrent submit with the same key won
         from django.db import IntegrityError
 

@@ -11,6 +11,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 
 def default_concurrency_limit() -> int:
@@ -110,8 +111,9 @@ class Job(models.Model):
     # The top job of the tree; itself for a top-level job. Cancelling it cancels all.
     root = models.ForeignKey("self", null=True, on_delete=models.SET_NULL, related_name="+")
     progress = models.FloatField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    run_at = models.DateTimeField()
+    # Database time (rule 5): a job is ready when run_at <= now() in Postgres.
+    created_at = models.DateTimeField(db_default=Now())
+    run_at = models.DateTimeField(db_default=Now())
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -192,9 +194,13 @@ class Execution(models.Model):
     error = models.JSONField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["job", "attempt"], name="execution_unique_attempt")]
-        indexes = [models.Index(fields=["started_at"], name="execution_open_idx", condition=Q(status="running"))]
-        ordering = ["job", "attempt"]
+        # Not unique on (job, attempt): a requeue starts a fresh budget at attempt 1
+        # and keeps the earlier executions. Rows are ordered by id (start order).
+        indexes = [
+            models.Index(fields=["job", "id"], name="execution_job_idx"),
+            models.Index(fields=["started_at"], name="execution_open_idx", condition=Q(status="running")),
+        ]
+        ordering = ["id"]
 
     def __str__(self) -> str:
         return f"{self.job_id} attempt {self.attempt}"
