@@ -155,7 +155,9 @@ def submit(
         existing = Job.objects.get(tenant=tenant, idempotency_key=idempotency_key)
         return _same_or_conflict(existing, fields["payload_hash"])
     JobEvent.objects.create(job=job, tenant=tenant, type=EventType.CREATED)
-    dispatch.dispatch_tenant(tenant.id)
+    for row in dispatch.dispatch_tenant(tenant.id):
+        if row.id == job.id:  # keep the returned object in step with its row
+            job.status, job.dispatch_token = JobStatus.DISPATCHED, row.dispatch_token
     _log("job_submitted", job=job.id, tenant=tenant.id, task=task)
     return Submitted(job=job, created=True)
 

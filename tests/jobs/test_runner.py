@@ -200,3 +200,19 @@ def test_worker_reuses_its_database_connections_across_jobs(
     wait_until(lambda: Job.objects.filter(id__in=[j.id for j in jobs], status="succeeded").count() == 200, timeout=120)
 
     assert before and backends() == before
+
+
+@pytest.mark.slow
+def test_sigterm_lets_the_running_job_finish_and_leaves_nothing_running(
+    worker_factory: Callable[..., Worker], tenant: Tenant, broker: redis.Redis
+) -> None:
+    worker = worker_factory(concurrency=1)
+    job = lifecycle.submit(tenant, "tests.effect", {"seconds": 2}).job
+    wait_until(lambda: effects(broker, job).get(1) == 1, what="handler started")
+
+    assert worker.terminate(timeout=60) == 0  # Celery's warm shutdown waits for the job
+
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.result == {"attempt": 1}
+    assert not Job.objects.filter(status="running").exists()
+    assert list(job.executions.values_list("status", flat=True)) == ["succeeded"]
