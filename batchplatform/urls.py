@@ -1,7 +1,22 @@
+"""Routes. API paths are exactly as docs/API.md writes them (no trailing slash under
+/api/v1/). Apps add their API routes under ``api/v1/`` above the catch-all."""
+
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from jobs.api import errors
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/", include("jobs.api.urls")),
     path("", include("jobs.urls")),
+    # Last: any other /api/ path answers the JSON 404, even with DEBUG on (Django's
+    # debug 404 page would be HTML).
+    re_path(r"^api/", errors.json_404),
 ]
+
+handler404 = "jobs.api.errors.handler404"
+handler500 = "jobs.api.errors.handler500"
