@@ -598,3 +598,90 @@ def requeue(job_id: UUID, reason: str = "requeued by operator") -> Job:
     hooks.job_requeued(job.id, job.batch_id)
     dispatch.dispatch_tenant(job.tenant_id)
     return job
+
+
+# --- waiting ---------------------------------------------------------------------------
+# A handler that waits on a waitpoint (batches.waits) gives up its lease and its
+# tenant's concurrency slot; `jobs` knows only the waitpoint's id, never its model.
+
+_SUSPEND_SQL = """
+WITH j AS (
+    UPDATE jobs_job SET
+        status = 'waiting',
+        waiting_for_id = %(waitpoint)s,
+        -- A run that ends in a suspension gives its attempt back: waiting is not a
+        -- failure, and attempts must never exceed max_attempts across resumes.
+        attempts = GREATEST(attempts - 1, 0),
+        dispatch_token = NULL, dispatch_deadline = NULL,
+        lease_token = NULL, lease_owner = '', lease_expires_at = NULL, timeout_at = NULL,
+        updated_at = now()
+    WHERE id = %(id)s AND status = 'running' AND lease_token = %(lease)s
+    RETURNING id, tenant_id, attempts
+), e AS (
+    UPDATE jobs_execution SET status = 'suspended', finished_at = now()
+    WHERE job_id IN (SELECT id FROM j) AND lease_token = %(lease)s AND status = 'running'
+), ev AS (
+    INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, data, created_at)
+    SELECT id, tenant_id, 'suspended', attempts + 1, %(message)s, %(data)s, now() FROM j
+)
+SELECT tenant_id FROM j
+"""
+
+
+def suspend_in_tx(job_id: UUID, lease_token: UUID, waitpoint_id: UUID) -> bool:
+    """running → waiting on `waitpoint_id`, for the lease holder, in the caller's transaction.
+
+    The attempt's execution is closed as `suspended`, the lease cleared, and the freed
+    slot refilled. False: the lease was taken over or the job cancelled first; the
+    caller must roll back whatever it created for the wait and stop the handler.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SUSPEND_SQL,
+            {"id": job_id, "lease": lease_token, "waitpoint": waitpoint_id,
+             "message": f"waiting on waitpoint {waitpoint_id}", "data": Jsonb({"waitpoint": str(waitpoint_id)})},
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    dispatch.dispatch_tenant(row[0])
+    _log("job_suspended", job=job_id, tenant=row[0], waitpoint=waitpoint_id)
+    return True
+
+
+_RESUME_SQL = """
+WITH j AS (
+    UPDATE jobs_job SET status = 'queued', waiting_for_id = NULL, run_at = now(), updated_at = now()
+    WHERE status = 'waiting' AND waiting_for_id = %(waitpoint)s {job_filter}
+    RETURNING id, tenant_id, attempts
+), ev AS (
+    INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, data, created_at)
+    SELECT id, tenant_id, 'resumed', attempts + 1, %(message)s, %(data)s, now() FROM j
+)
+SELECT id, tenant_id FROM j
+"""
+
+
+def resume_in_tx(waitpoint_id: UUID, job_id: UUID | None = None) -> list[UUID]:
+    """waiting → queued for the jobs waiting on `waitpoint_id` (or just `job_id`),
+    once that waitpoint is completed; then dispatch. In the caller's transaction.
+
+    Returns the ids that moved. An empty list means none was waiting on it any more
+    (already resumed, cancelled, or waiting on something else): nothing to do.
+    """
+    sql = _RESUME_SQL.format(job_filter="AND id = %(id)s" if job_id is not None else "")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            {"waitpoint": waitpoint_id, "id": job_id, "message": f"waitpoint {waitpoint_id} completed",
+             "data": Jsonb({"waitpoint": str(waitpoint_id)})},
+        )
+        rows = cursor.fetchall()
+    for tenant_id in sorted({r[1] for r in rows}):
+        dispatch.dispatch_tenant(tenant_id)
+    if rows:
+        _log("jobs_resumed", waitpoint=waitpoint_id, count=len(rows))
+    return [r[0] for r in rows]
+
+
+resume = transaction.atomic(durable=True)(resume_in_tx)

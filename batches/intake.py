@@ -1,0 +1,339 @@
+"""Phase 2 intake: NDJSON lines in, child jobs out, in chunks, in constant memory.
+
+The body is read one line at a time (never whole), parsed, and children are
+written a chunk at a time with COPY into a temporary table and one INSERT ... ON
+CONFLICT DO NOTHING keyed by (batch, index), so a resumed stream skips what it
+already sent. Each chunk commits on its own and dispatches its children at once:
+children can finish before the stream ends, and the seal (enqueued_count reaching
+run_count, in the same update) queues the callback if it comes second.
+"""
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from jobs import dispatch
+from jobs.registry import UnknownTask, get_task
+
+from . import lifecycle
+from .lifecycle import BatchClosed
+from .models import BatchStatus
+
+CHUNK_ITEMS = 2000
+# Children are queued as lines arrive: a partial chunk is written once it is this old.
+FLUSH_SECONDS = 0.05
+_ITEM_KEYS = {"payload", "task", "index"}
+
+
+class ItemError(Exception):
+    """A bad line: `invalid_item` (400) or `payload_too_large` (413), with its 1-based line."""
+
+    def __init__(self, line: int, message: str, code: str = "invalid_item"):
+        super().__init__(message)
+        self.line = line
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Item:
+    line: int
+    index: int
+    task: str
+    payload_json: str  # canonical JSON
+    payload_hash: str
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    batch_id: UUID
+    sealed: bool
+    enqueued_count: int
+    run_count: int
+    status: str
+    error: ItemError | None = None
+
+    @property
+    def missing(self) -> int:
+        return max(self.run_count - self.enqueued_count, 0)
+
+
+# --- reading and parsing ----------------------------------------------------------------
+
+
+def read_lines(readline: Callable[[int], bytes]) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded object) for each non-blank line of a byte stream.
+
+    Holds one line at a time; a line over BATCH_ITEM_MAX_BYTES raises a 413 ItemError
+    without reading the rest of it.
+    """
+    limit = settings.BATCH_ITEM_MAX_BYTES
+    line_no = 0
+    while True:
+        raw = readline(limit + 2)
+        if not raw:
+            return
+        line_no += 1
+        if not raw.endswith(b"\n") and len(raw) > limit:
+            raise ItemError(line_no, f"line is larger than {limit} bytes", code="payload_too_large")
+        raw = raw.rstrip(b"\r\n")
+        if len(raw) > limit:
+            raise ItemError(line_no, f"line is larger than {limit} bytes", code="payload_too_large")
+        if not raw.strip():
+            continue
+        try:
+            yield line_no, json.loads(raw)
+        except ValueError as exc:
+            raise ItemError(line_no, f"line is not valid JSON: {exc}") from None
+
+
+def parse_objects(items: list[Any]) -> Iterator[tuple[int, Any]]:
+    """Inline items of a phase-1 create: line n is item n-1."""
+    return ((i + 1, obj) for i, obj in enumerate(items))
+
+
+class _Context:
+    """What validating an item needs from its batch; task specs cached by name."""
+
+    def __init__(self, row: tuple[Any, ...]):
+        (self.tenant_id, self.run_count, self.task, self.max_attempts, self.timeout_seconds,
+         self.parent_id, self.root_id, self.priority, self.status, self.sealed) = row
+        self._specs: dict[str, tuple[str, int, float]] = {}
+
+    def spec(self, name: str, line: int) -> tuple[str, int, float]:
+        cached = self._specs.get(name)
+        if cached is None:
+            try:
+                spec = get_task(name)
+            except UnknownTask as exc:
+                raise ItemError(line, str(exc)) from None
+            cached = (
+                spec.queue_name,
+                self.max_attempts or spec.max_attempts or settings.JOB_MAX_ATTEMPTS_DEFAULT,
+                self.timeout_seconds or spec.timeout or settings.JOB_TIMEOUT_SECONDS_DEFAULT,
+            )
+            self._specs[name] = cached
+        return cached
+
+
+def to_item(line: int, position: int, obj: Any, ctx: _Context) -> Item:
+    if not isinstance(obj, dict) or "payload" not in obj:
+        raise ItemError(line, 'each line must be an object with a "payload"')
+    extra = set(obj) - _ITEM_KEYS
+    if extra:
+        raise ItemError(line, f"unknown field(s): {', '.join(sorted(extra))}")
+    index = obj.get("index", position)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < ctx.run_count:
+        raise ItemError(line, f"index must be an integer from 0 to {ctx.run_count - 1}")
+    task = obj.get("task") or ctx.task
+    if not isinstance(task, str) or not task:
+        raise ItemError(line, "the item has no task and the batch has no default task")
+    ctx.spec(task, line)
+    try:
+        payload_json = json.dumps(obj["payload"], sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise ItemError(line, f"payload is not valid JSON: {exc}") from None
+    digest = hashlib.sha256(f"{task}\0{payload_json}".encode()).hexdigest()  # = jobs.lifecycle.payload_hash
+    return Item(line, index, task, payload_json, digest)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+_CONTEXT_SQL = """
+SELECT b.tenant_id, b.run_count, b.task, b.max_attempts, b.timeout_seconds,
+       b.parent_id, p.root_id, COALESCE(p.priority, 0), b.status, b.sealed
+FROM batches_batch b LEFT JOIN jobs_job p ON p.id = b.parent_id
+WHERE b.id = %s
+"""
+
+_STAGING_SQL = """
+CREATE TEMP TABLE batch_intake (
+    line int, idx int, task text, queue text, max_attempts int, timeout_seconds float8,
+    payload jsonb, payload_hash text
+) ON COMMIT DELETE ROWS
+"""
+
+# Earliest line whose index already holds another task or payload.
+_MISMATCH_SQL = """
+SELECT min(s.line) FROM batch_intake s
+JOIN jobs_job j ON j.batch_id = %s AND j.batch_index = s.idx
+WHERE j.payload_hash <> s.payload_hash
+"""
+
+_INSERT_SQL = """
+WITH src AS (
+    SELECT gen_random_uuid() AS id, s.* FROM batch_intake s WHERE s.line < %(before)s
+), ins AS (
+    INSERT INTO jobs_job (
+        id, tenant_id, task, queue, status, payload, payload_hash, attempts, max_attempts,
+        stalled_count, priority, timeout_seconds, batch_id, batch_index, parent_id, root_id,
+        lease_owner, created_at, run_at, updated_at
+    )
+    SELECT id, %(tenant)s, task, queue, 'queued', payload, payload_hash, 0, max_attempts,
+           0, %(priority)s, timeout_seconds, %(batch)s, idx, %(parent)s, COALESCE(%(root)s::uuid, id),
+           '', now(), now(), now()
+    FROM src
+    ON CONFLICT (batch_id, batch_index) WHERE batch_id IS NOT NULL DO NOTHING
+    RETURNING id, tenant_id
+), ev AS (
+    INSERT INTO jobs_jobevent (job_id, tenant_id, type, message, created_at)
+    SELECT id, tenant_id, 'created', '', now() FROM ins
+)
+SELECT count(*) FROM ins
+"""
+
+# Count the new children in and seal when the last expected one arrives; whoever
+# comes second of this seal and the last child's count queues the callback.
+_ENQUEUED_SQL = """
+UPDATE batches_batch SET
+    enqueued_count = enqueued_count + %(n)s,
+    status = CASE WHEN status = 'pending' THEN 'processing' ELSE status END,
+    sealed = sealed OR enqueued_count + %(n)s >= run_count,
+    sealed_at = CASE WHEN NOT sealed AND enqueued_count + %(n)s >= run_count THEN now() ELSE sealed_at END,
+    updated_at = now()
+WHERE id = %(id)s
+RETURNING enqueued_count, run_count, sealed, completed_count, status
+"""
+
+
+def _copy_text(value: str) -> str:
+    # COPY text format: backslash is the escape character. json.dumps (ensure_ascii)
+    # never emits a raw tab or newline, so doubling backslashes is enough.
+    return value.replace("\\", "\\\\")
+
+
+def _status_in_tx(batch_id: UUID) -> tuple[int, int, bool, str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT enqueued_count, run_count, sealed, status FROM batches_batch WHERE id = %s", [batch_id]
+        )
+        return cursor.fetchone()
+
+
+def _flush_in_tx(batch_id: UUID, ctx: _Context, items: list[Item]) -> tuple[IntakeResult, int | None]:
+    """Write one chunk. Returns the batch's state after it and the first line whose
+    index was already received with another payload (rows from it on are not written)."""
+    lifecycle.lock_intake_in_tx(batch_id, exclusive=False)
+    enqueued, run_count, sealed, status = _status_in_tx(batch_id)
+    if status in lifecycle.CLOSED_STATUSES:
+        raise BatchClosed(status)
+    if sealed or status == BatchStatus.COMPLETED or not items:
+        return IntakeResult(batch_id, sealed or status == BatchStatus.COMPLETED, enqueued, run_count, status), None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('pg_temp.batch_intake') IS NULL")
+        if cursor.fetchone()[0]:
+            cursor.execute(_STAGING_SQL)
+        else:
+            cursor.execute("DELETE FROM batch_intake")
+        rows = "".join(
+            f"{it.line}\t{it.index}\t{it.task}\t{q}\t{ma}\t{to}\t{_copy_text(it.payload_json)}\t{it.payload_hash}\n"
+            for it in items
+            for q, ma, to in (ctx.spec(it.task, it.line),)
+        )
+        with cursor.copy(
+            "COPY batch_intake (line, idx, task, queue, max_attempts, timeout_seconds, payload, payload_hash) "
+            "FROM STDIN"
+        ) as copy:
+            copy.write(rows)
+        cursor.execute(_MISMATCH_SQL, [batch_id])
+        bad_line = cursor.fetchone()[0]
+        cursor.execute(
+            _INSERT_SQL,
+            {"before": bad_line if bad_line is not None else 2**31 - 1, "tenant": ctx.tenant_id,
+             "priority": ctx.priority, "batch": batch_id, "parent": ctx.parent_id, "root": ctx.root_id},
+        )
+        inserted = cursor.fetchone()[0]
+        if inserted == 0:
+            return IntakeResult(batch_id, sealed, enqueued, run_count, status), bad_line
+        cursor.execute(_ENQUEUED_SQL, {"id": batch_id, "n": inserted})
+        enqueued, run_count, sealed, completed, status = cursor.fetchone()
+    if sealed and enqueued - inserted < run_count and completed == run_count:
+        lifecycle.queue_callback_on_commit(batch_id)  # every child finished before the seal
+    dispatch.dispatch_tenant(ctx.tenant_id)  # last: it takes the dispatcher's lock
+    return IntakeResult(batch_id, sealed, enqueued, run_count, status), bad_line
+
+
+def _load_context(batch_id: UUID) -> _Context:
+    with connection.cursor() as cursor:
+        cursor.execute(_CONTEXT_SQL, [batch_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise LookupError(f"batch {batch_id} does not exist")
+    return _Context(row)
+
+
+def _run(
+    batch_id: UUID,
+    objects: Iterator[tuple[int, Any]],
+    flush: Callable[[list[Item]], tuple[IntakeResult, int | None]],
+    ctx: _Context,
+) -> IntakeResult:
+    pending: list[Item] = []
+    seen: dict[int, str] = {}  # index → hash within the pending chunk only (bounded)
+    started = time.monotonic()
+    result: IntakeResult | None = None
+    position = 0
+    try:
+        for line, obj in objects:
+            item = to_item(line, position, obj, ctx)
+            position += 1
+            previous = seen.get(item.index)
+            if previous is not None:
+                if previous != item.payload_hash:
+                    raise ItemError(line, f"index {item.index} was already received with another payload")
+                continue
+            seen[item.index] = item.payload_hash
+            pending.append(item)
+            if len(pending) >= CHUNK_ITEMS or time.monotonic() - started >= FLUSH_SECONDS:
+                result, bad = flush(pending)
+                pending, seen, started = [], {}, time.monotonic()
+                if bad is not None:
+                    return _with_error(result, ItemError(bad, "index was already received with another payload"))
+                if result.sealed:
+                    return result  # everything expected is in; ignore what follows
+    except ItemError as exc:
+        result, bad = flush(pending)
+        if bad is not None:
+            exc = ItemError(bad, "index was already received with another payload")
+        return _with_error(result, exc)
+    result, bad = flush(pending)
+    if bad is not None:
+        return _with_error(result, ItemError(bad, "index was already received with another payload"))
+    return result
+
+
+def _with_error(result: IntakeResult, error: ItemError) -> IntakeResult:
+    return IntakeResult(result.batch_id, result.sealed, result.enqueued_count, result.run_count, result.status, error)
+
+
+def add_items(batch_id: UUID, objects: Iterator[tuple[int, Any]]) -> IntakeResult:
+    """Phase 2: write the stream's items, one committed chunk at a time.
+
+    Raises BatchClosed (cancelled or aborted). A bad line ends the call with
+    `error` set; the items before it are kept (their chunks are committed).
+    """
+    ctx = _load_context(batch_id)
+
+    def flush(items: list[Item]) -> tuple[IntakeResult, int | None]:
+        with transaction.atomic(durable=True):
+            return _flush_in_tx(batch_id, ctx, items)
+
+    with transaction.atomic(durable=True):
+        result, _ = _flush_in_tx(batch_id, ctx, [])
+    if result.sealed:
+        return result  # already sealed or completed: 200 sealed, nothing to read
+    return _run(batch_id, objects, flush, ctx)
+
+
+def add_items_in_tx(batch_id: UUID, objects: Iterator[tuple[int, Any]]) -> IntakeResult:
+    """The same in the caller's transaction (inline items of a create, a handler's
+    batch_trigger_and_wait): all or nothing."""
+    ctx = _load_context(batch_id)
+    return _run(batch_id, objects, lambda items: _flush_in_tx(batch_id, ctx, items), ctx)

@@ -1,0 +1,164 @@
+"""Phase 2 intake against real Postgres: chunks, resume, bad lines, the seal."""
+
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+
+from batches import intake, lifecycle
+from batches.models import Batch
+from jobs.models import Job
+from tests.batches.conftest import ndjson, stream
+
+
+def children(batch: Batch) -> list[tuple[int, object, str]]:
+    return list(Job.objects.filter(batch=batch).order_by("batch_index").values_list("batch_index", "payload", "status"))
+
+
+def test_stream_of_all_items_creates_children_in_index_order_and_seals(batch_factory: Callable[..., Batch]) -> None:
+    batch = batch_factory(run_count=3)
+    result = stream(batch, ndjson([{"payload": {"n": i}} for i in range(3)]))
+
+    assert (result.sealed, result.enqueued_count, result.missing, result.error) == (True, 3, 0, None)
+    batch.refresh_from_db()
+    assert batch.sealed and batch.sealed_at is not None and batch.status == "processing"
+    assert [(i, p) for i, p, _ in children(batch)] == [(0, {"n": 0}), (1, {"n": 1}), (2, {"n": 2})]
+    job = Job.objects.get(batch=batch, batch_index=1)
+    assert job.root_id == job.id and job.parent_id is None and job.task == "examples.echo"
+    assert list(job.events.values_list("type", flat=True))[:1] == ["created"]
+
+
+def test_short_stream_reports_missing_and_a_resend_skips_what_was_received(batch_factory: Callable[..., Batch]) -> None:
+    batch = batch_factory(run_count=4)
+    items = [{"payload": i, "index": i} for i in range(4)]
+
+    first = stream(batch, ndjson(items[:2]))
+    assert (first.sealed, first.missing) == (False, 2)
+
+    again = stream(batch, ndjson(items))  # the whole stream again, after a dropped connection
+    assert (again.sealed, again.enqueued_count, again.error) == (True, 4, None)
+    assert [i for i, _, _ in children(batch)] == [0, 1, 2, 3]
+    assert Job.objects.filter(batch=batch).count() == 4
+
+
+def test_same_index_with_another_payload_is_invalid_item_with_its_line(batch_factory: Callable[..., Batch]) -> None:
+    batch = batch_factory(run_count=4)
+    stream(batch, ndjson([{"payload": "a", "index": 0}]))
+
+    result = stream(batch, ndjson([{"payload": "b", "index": 1}, {"payload": "changed", "index": 0}]))
+
+    assert result.error is not None and result.error.code == "invalid_item" and result.error.line == 2
+    assert [(i, p) for i, p, _ in children(batch)] == [(0, "a"), (1, "b")]  # the line before it is kept
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        (b"{not json", "malformed"),
+        (b'{"payload": 1, "index": 7}', "index out of range"),
+        (b'{"payload": 1, "index": -1}', "negative index"),
+        (b'{"payload": 1, "task": "no.such.task"}', "unknown task"),
+        (b'{"index": 1}', "no payload"),
+        (b"[1, 2]", "not an object"),
+    ],
+)
+def test_bad_line_is_invalid_item_and_the_lines_before_it_are_kept(
+    batch_factory: Callable[..., Batch], line: bytes, why: str
+) -> None:
+    batch = batch_factory(run_count=5)
+    body = ndjson([{"payload": 0}, {"payload": 1}]) + line + b"\n" + ndjson([{"payload": 3}])
+
+    result = stream(batch, body)
+
+    assert result.error is not None, why
+    assert (result.error.code, result.error.line) == ("invalid_item", 3)
+    assert [i for i, _, _ in children(batch)] == [0, 1]
+    assert not result.sealed
+
+
+def test_line_over_the_size_limit_is_payload_too_large(
+    batch_factory: Callable[..., Batch], settings: object
+) -> None:
+    settings.BATCH_ITEM_MAX_BYTES = 100  # type: ignore[attr-defined]
+    batch = batch_factory(run_count=3)
+    body = ndjson([{"payload": "ok"}]) + ndjson([{"payload": "x" * 500}]) + ndjson([{"payload": "late"}])
+
+    result = stream(batch, body)
+
+    assert result.error is not None and (result.error.code, result.error.line) == ("payload_too_large", 2)
+    assert [p for _, p, _ in children(batch)] == ["ok"]
+
+
+def test_blank_lines_and_crlf_are_accepted(batch_factory: Callable[..., Batch]) -> None:
+    batch = batch_factory(run_count=2)
+    result = stream(batch, b'{"payload": 1}\r\n\n{"payload": 2}')
+    assert result.sealed and [p for _, p, _ in children(batch)] == [1, 2]
+
+
+def test_payload_with_backslashes_and_unicode_round_trips_through_copy(batch_factory: Callable[..., Batch]) -> None:
+    payload = {"path": "C:\\temp\\new", "quote": '"\t\n', "emoji": "\u00e9\U0001f600"}
+    batch = batch_factory(run_count=1)
+    assert stream(batch, ndjson([{"payload": payload}])).sealed
+    assert children(batch)[0][1] == payload
+
+
+def test_item_task_overrides_the_batch_task(batch_factory: Callable[..., Batch]) -> None:
+    batch = batch_factory(task="", run_count=2)
+    result = stream(batch, ndjson([{"payload": 1, "task": "examples.echo"}, {"payload": 2}]))
+    assert result.error is not None and result.error.line == 2  # no task for line 2
+    assert Job.objects.get(batch=batch).task == "examples.echo"
+
+
+def test_sealed_or_completed_batch_answers_sealed_without_reading(batch_factory: Callable[..., Batch]) -> None:
+    batch = batch_factory(run_count=1)
+    stream(batch, ndjson([{"payload": 1}]))
+    Batch.objects.filter(id=batch.id).update(status="completed", sealed=False)  # seed 002's shape
+
+    result = stream(batch, b"garbage that is never parsed\n")
+
+    assert result.sealed and result.error is None
+
+
+def test_cancelled_batch_refuses_items(batch_factory: Callable[..., Batch]) -> None:
+    batch = batch_factory(run_count=2)
+    assert lifecycle.cancel_batch(batch.id)
+    with pytest.raises(lifecycle.BatchClosed):
+        stream(batch, ndjson([{"payload": 1}]))
+
+
+def test_inline_items_fill_and_seal_in_the_create_call(tenant: object) -> None:
+    batch = lifecycle.create_batch(
+        tenant, task="examples.echo", run_count=2, items=[{"payload": "a"}, {"payload": "b"}]  # type: ignore[arg-type]
+    ).batch
+    assert (batch.sealed, batch.enqueued_count, batch.status) == (True, 2, "processing")
+
+
+def test_bad_inline_item_creates_nothing(tenant: object) -> None:
+    with pytest.raises(intake.ItemError) as err:
+        lifecycle.create_batch(tenant, task="examples.echo", run_count=2, items=[{"payload": 1}, {"nope": 1}])  # type: ignore[arg-type]
+    assert err.value.line == 2
+    assert not Batch.objects.exists() and not Job.objects.exists()
+
+
+def test_batch_over_the_item_limit_is_refused(tenant: object, settings: object) -> None:
+    settings.BATCH_MAX_ITEMS = 10  # type: ignore[attr-defined]
+    with pytest.raises(lifecycle.InvalidInput):
+        lifecycle.create_batch(tenant, task="examples.echo", run_count=11)  # type: ignore[arg-type]
+
+
+def test_idempotent_create_returns_the_same_batch_or_conflicts(tenant: object) -> None:
+    first = lifecycle.create_batch(tenant, task="examples.echo", run_count=2, idempotency_key="k")  # type: ignore[arg-type]
+    again = lifecycle.create_batch(tenant, task="examples.echo", run_count=2, idempotency_key="k")  # type: ignore[arg-type]
+    assert first.created and not again.created and again.batch.id == first.batch.id
+    with pytest.raises(lifecycle.IdempotencyConflict):
+        lifecycle.create_batch(tenant, task="examples.echo", run_count=3, idempotency_key="k")  # type: ignore[arg-type]
+
+
+def test_a_long_stream_is_written_in_chunks_with_one_dispatch_each(batch_factory: Callable[..., Batch]) -> None:
+    n = intake.CHUNK_ITEMS * 2 + 5
+    batch = batch_factory(run_count=n)
+    result = stream(batch, ndjson([{"payload": i} for i in range(n)]))
+    assert result.sealed and result.enqueued_count == n
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(DISTINCT batch_index), min(batch_index), max(batch_index) FROM jobs_job WHERE batch_id = %s", [batch.id])
+        assert cursor.fetchone() == (n, 0, n - 1)
