@@ -1,7 +1,9 @@
 from django.urls import path
 
-from . import health
+from . import health, monitoring_views
 
 urlpatterns = [
     path("health/", health.live, name="health-live"),
+    path("health/jobs", monitoring_views.health_jobs, name="health-jobs"),
+    path("metrics", monitoring_views.metrics_view, name="metrics"),
 ]
