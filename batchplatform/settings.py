@@ -116,6 +116,9 @@ CELERY_DEFAULT_QUEUE = envstr("CELERY_DEFAULT_QUEUE", "batchplatform")
 TENANT_CONCURRENCY_LIMIT_DEFAULT = envint("TENANT_CONCURRENCY_LIMIT_DEFAULT", 10, minimum=1)
 DISPATCH_DRR_QUANTUM = envint("DISPATCH_DRR_QUANTUM", 25, minimum=1)
 DISPATCH_MAX_DEFICIT = envint("DISPATCH_MAX_DEFICIT", 100, minimum=1)
+# Jobs dispatched or running across all tenants: the capacity fair dispatch shares.
+# Set it near the total worker concurrency (x2 keeps workers fed between cycles).
+DISPATCH_MAX_ACTIVE = envint("DISPATCH_MAX_ACTIVE", 200, minimum=1)
 DISPATCH_INTERVAL_SECONDS = envseconds("DISPATCH_INTERVAL_SECONDS", 1)
 DISPATCH_DEADLINE_SECONDS = envseconds("DISPATCH_DEADLINE_SECONDS", 300)
 JOB_LEASE_SECONDS = envseconds("JOB_LEASE_SECONDS", 30)

@@ -1,15 +1,22 @@
-"""Dispatch: move a tenant's ready jobs from queued to dispatched, under its limit.
+"""Fair dispatch: move ready jobs from queued to dispatched, tenant by tenant.
 
 A tenant's concurrency is a count of its own rows that are dispatched (within their
-deadline, enforced by the sweeper) or running (within their lease): there is no token
-to leak. Counting and claiming happen under a per-tenant transaction-level advisory
-lock, so two dispatchers can never both fill the same free slot; claims use
-FOR UPDATE SKIP LOCKED in one statement per tenant. Celery messages are sent only
-after the claiming transaction commits.
+deadline, enforced by the sweeper) or running (within their lease): there is no
+token to leak. The platform as a whole keeps at most DISPATCH_MAX_ACTIVE jobs active,
+and shares that capacity between tenants with ready work by deficit round robin:
+on each visit a tenant's deficit grows by DISPATCH_DRR_QUANTUM × weight (capped at
+DISPATCH_MAX_DEFICIT) and it may dispatch that many jobs, bounded by its own free
+slots; the pointer moves on when its deficit is spent or it cannot take more. The
+deficits and the pointer are rows in Postgres; losing them costs one less fair round.
+
+One dispatcher at a time holds a transaction-level advisory lock, so counts and
+claims never race. Claims are one statement per tenant visit (FOR UPDATE SKIP LOCKED
+with a LIMIT), so 100,000 queued jobs cost a handful of statements per cycle.
+Celery messages are sent only after the claiming transaction commits.
 """
 
 import logging
-import zlib
+import math
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -20,9 +27,9 @@ from . import metrics_hooks
 
 logger = logging.getLogger(__name__)
 
-# First key of the two-int advisory lock space; the second is the tenant.
-TENANT_LOCK_NAMESPACE = 0x6270  # "bp"
-GLOBAL_DISPATCH_LOCK = (0x6270, 1)
+LOCK_NAMESPACE = 0x6270  # "bp": first key of our two-int advisory locks
+DISPATCH_LOCK = (LOCK_NAMESPACE, 1)
+TENANT_LOCK_NAMESPACE = LOCK_NAMESPACE  # kept for the sweeper's lock key
 
 
 @dataclass(frozen=True)
@@ -34,60 +41,152 @@ class Dispatched:
     timeout_seconds: float
 
 
-def tenant_lock_key(tenant_id: UUID) -> int:
-    # int4 key from the UUID; collisions only serialise two tenants' dispatch.
-    return zlib.crc32(tenant_id.bytes) - 2**31
+@dataclass
+class _Tenant:
+    id: UUID
+    weight: int
+    free: int  # concurrency_limit - active, floored at 0
+    deficit: float
 
+
+_CANDIDATES_SQL = """
+SELECT t.id, t.weight, t.concurrency_limit, t.dispatch_deficit,
+       (SELECT count(*) FROM jobs_job a
+        WHERE a.tenant_id = t.id AND a.status IN ('dispatched', 'running')) AS active
+FROM jobs_tenant t
+WHERE EXISTS (
+    SELECT 1 FROM jobs_job j
+    WHERE j.tenant_id = t.id AND j.status = 'queued' AND j.run_at <= statement_timestamp()
+)
+ORDER BY t.id
+"""
 
 _CLAIM_SQL = """
-WITH free AS (
-    SELECT GREATEST(t.concurrency_limit - (
-        SELECT count(*) FROM jobs_job a
-        WHERE a.tenant_id = t.id AND a.status IN ('dispatched', 'running')
-    ), 0) AS n
-    FROM jobs_tenant t WHERE t.id = %(tenant)s
-), picked AS (
+WITH picked AS (
     SELECT j.id FROM jobs_job j
-    WHERE j.tenant_id = %(tenant)s AND j.status = 'queued' AND j.run_at <= statement_timestamp()  -- Django's Now() is statement time
+    WHERE j.tenant_id = %(tenant)s AND j.status = 'queued' AND j.run_at <= statement_timestamp()
     ORDER BY j.priority DESC, j.run_at, j.created_at
-    LIMIT LEAST((SELECT n FROM free), %(max)s)
+    LIMIT %(n)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE jobs_job j SET
         status = 'dispatched',
         dispatch_token = gen_random_uuid(),
-        dispatched_at = now(),
-        dispatch_deadline = now() + make_interval(secs => %(deadline)s),
-        updated_at = now()
+        dispatched_at = statement_timestamp(),
+        dispatch_deadline = statement_timestamp() + make_interval(secs => %(deadline)s),
+        updated_at = statement_timestamp()
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.tenant_id, j.dispatch_token, j.task, j.queue, j.timeout_seconds, j.attempts
 ), events AS (
     INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, created_at)
-    SELECT id, tenant_id, 'dispatched', attempts + 1, '', now() FROM claimed
+    SELECT id, tenant_id, 'dispatched', attempts + 1, '', statement_timestamp() FROM claimed
 )
 SELECT id, dispatch_token, task, queue, timeout_seconds FROM claimed
 """
 
 
-def dispatch_tenant(tenant_id: UUID, max_jobs: int = 1000) -> list[Dispatched]:
-    """Claim up to the tenant's free slots inside the caller's transaction.
+def _lock(cursor: object, wait: bool) -> bool:
+    if wait:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", list(DISPATCH_LOCK))  # type: ignore[attr-defined]
+        return True
+    cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", list(DISPATCH_LOCK))  # type: ignore[attr-defined]
+    return bool(cursor.fetchone()[0])  # type: ignore[attr-defined]
 
-    Messages go out on commit. Blocks on the tenant's lock for as long as another
-    dispatcher of the same tenant holds it (one short transaction).
+
+def plan(tenants: list[_Tenant], pointer: UUID | None, free: int, quantum: int, max_deficit: int) -> tuple[dict[UUID, int], UUID | None]:
+    """Deficit round robin over `tenants` (sorted by id) for `free` slots.
+
+    Pure: returns jobs to claim per tenant and the new pointer; mutates deficits.
     """
-    assert connection.in_atomic_block, "dispatch_tenant must run inside a transaction"
+    alloc: dict[UUID, int] = {}
+    ring = [t for t in tenants if t.free > 0]
+    if not ring or free <= 0:
+        return alloc, pointer
+    start = next((i for i, t in enumerate(ring) if pointer is not None and t.id >= pointer), 0)
+    i = start
+    fresh_visit = ring[i].id != pointer  # the pointer's tenant keeps its unspent deficit
+    while free > 0 and ring:
+        t = ring[i]
+        if fresh_visit or t.deficit < 1:
+            t.deficit = min(t.deficit + quantum * t.weight, max_deficit)
+        n = min(math.floor(t.deficit), t.free, free)
+        alloc[t.id] = alloc.get(t.id, 0) + n
+        t.deficit -= n
+        t.free -= n
+        free -= n
+        if t.free <= 0:
+            ring.pop(i)  # saturated: skip it for the rest of this cycle
+            if not ring:
+                break
+            i %= len(ring)
+            fresh_visit = True
+        elif t.deficit < 1:
+            i = (i + 1) % len(ring)
+            fresh_visit = True
+        else:
+            fresh_visit = False  # global capacity ran out mid-visit; resume here next time
+    next_pointer = ring[i].id if ring else None
+    return alloc, next_pointer
+
+
+def run_cycle(wait: bool = True) -> list[Dispatched]:
+    """One dispatch cycle inside the caller's transaction; messages go out on commit.
+
+    `wait=False` (used in finish transactions) skips the cycle when another
+    dispatcher holds the lock; a slot that cycle could not see is refilled by the
+    next finish, submit or beat tick (DISPATCH_INTERVAL_SECONDS).
+    """
+    assert connection.in_atomic_block, "dispatch must run inside a transaction"
     with connection.cursor() as cursor:
+        if not _lock(cursor, wait):
+            return []
+        cursor.execute(_CANDIDATES_SQL)
+        rows = cursor.fetchall()
+        if not rows:
+            return []
         cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, %s)", [TENANT_LOCK_NAMESPACE, tenant_lock_key(tenant_id)]
+            "SELECT (SELECT count(*) FROM jobs_job WHERE status IN ('dispatched', 'running')), "
+            "(SELECT tenant_id FROM jobs_dispatchcursor WHERE id = 1)"
         )
+        active_total, pointer = cursor.fetchone()
+        tenants = [_Tenant(id=r[0], weight=max(1, r[1]), free=max(0, r[2] - r[4]), deficit=r[3]) for r in rows]
+        free = settings.DISPATCH_MAX_ACTIVE - active_total
+        alloc, new_pointer = plan(
+            tenants, pointer, free, settings.DISPATCH_DRR_QUANTUM, settings.DISPATCH_MAX_DEFICIT
+        )
+        claimed: list[Dispatched] = []
+        for tenant_id, n in alloc.items():
+            if n <= 0:
+                continue
+            cursor.execute(
+                _CLAIM_SQL, {"tenant": tenant_id, "n": n, "deadline": settings.DISPATCH_DEADLINE_SECONDS}
+            )
+            claimed.extend(Dispatched(*row) for row in cursor.fetchall())
+        # Deficits and pointer in one statement, every cycle (a fixed statement count).
+        values = ", ".join(["(%s::uuid, %s::float8)"] * len(tenants))
         cursor.execute(
-            _CLAIM_SQL,
-            {"tenant": tenant_id, "max": max_jobs, "deadline": settings.DISPATCH_DEADLINE_SECONDS},
+            "WITH d AS (UPDATE jobs_tenant t SET dispatch_deficit = v.deficit FROM (VALUES "
+            + values
+            + ") AS v(id, deficit) WHERE t.id = v.id AND t.dispatch_deficit IS DISTINCT FROM v.deficit) "
+            "INSERT INTO jobs_dispatchcursor (id, tenant_id) VALUES (1, %s) "
+            "ON CONFLICT (id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id "
+            "WHERE jobs_dispatchcursor.tenant_id IS DISTINCT FROM EXCLUDED.tenant_id",
+            [x for t in tenants for x in (t.id, t.deficit)] + [new_pointer],
         )
-        rows = [Dispatched(*row) for row in cursor.fetchall()]
-    if rows:
-        transaction.on_commit(lambda: send_dispatched(rows))
-    return rows
+    if claimed:
+        transaction.on_commit(lambda: send_dispatched(claimed))
+    return claimed
+
+
+def dispatch_tenant(tenant_id: UUID | None = None) -> list[Dispatched]:
+    """New work arrived (for `tenant_id`): run a cycle now, waiting for the lock so
+    the new rows are seen. Inside the caller's transaction."""
+    return run_cycle(wait=True)
+
+
+def refill() -> list[Dispatched]:
+    """A slot was freed: run a cycle unless another dispatcher is running one."""
+    return run_cycle(wait=False)
 
 
 def send_dispatched(rows: list[Dispatched]) -> None:
@@ -115,22 +214,12 @@ def send_dispatched(rows: list[Dispatched]) -> None:
     metrics_hooks.dispatched(len(rows))
 
 
-def tenants_with_ready_work() -> list[UUID]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT DISTINCT tenant_id FROM jobs_job WHERE status = 'queued' AND run_at <= statement_timestamp()"
-        )
-        return [row[0] for row in cursor.fetchall()]
-
-
 def dispatch_ready() -> int:
-    """One dispatch cycle over every tenant with ready work; returns jobs dispatched."""
+    """Cycles until nothing more can be dispatched (beat, sweeper); returns the count."""
     total = 0
-    for tenant_id in tenants_with_ready_work():
-        while True:
-            with transaction.atomic(durable=True):
-                rows = dispatch_tenant(tenant_id)
-            total += len(rows)
-            if len(rows) < 1000:
-                break
-    return total
+    while True:
+        with transaction.atomic(durable=True):
+            n = len(run_cycle(wait=True))
+        total += n
+        if n == 0:
+            return total

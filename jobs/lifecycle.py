@@ -341,7 +341,7 @@ def _finish(
     _, tenant_id, batch_id, parent_id, _ = row
     if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         hooks.jobs_became_terminal([hooks.TerminalJob(job_id, tenant_id, status, batch_id, parent_id)])
-    dispatch.dispatch_tenant(tenant_id)
+    dispatch.refill()
     return tenant_id, batch_id, parent_id
 
 
@@ -463,7 +463,7 @@ def mark_stalled_in_tx(job_id: UUID, lease_token: UUID, reason: str) -> str | No
     metrics_hooks.bump("stalled")
     if status == JobStatus.FAILED:
         hooks.jobs_became_terminal([hooks.TerminalJob(job_id, tenant_id, status, batch_id, parent_id)])
-    dispatch.dispatch_tenant(tenant_id)
+    dispatch.refill()
     _log("job_stalled", job=job_id, tenant=tenant_id, status=status, reason=reason)
     return status
 
@@ -575,8 +575,7 @@ def cancel_jobs(queryset: Any, reason: str) -> list[UUID]:
     hooks.jobs_became_terminal(
         [hooks.TerminalJob(r[0], r[1], JobStatus.CANCELLED, r[2], r[3]) for r in locked]
     )
-    for tenant_id in sorted({r[1] for r in locked}):
-        dispatch.dispatch_tenant(tenant_id)
+    dispatch.refill()
     return ids
 
 

@@ -39,6 +39,13 @@ class Tenant(models.Model):
         return self.slug
 
 
+class DispatchCursor(models.Model):
+    """The deficit-round-robin pointer: the tenant whose turn it is (one row)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    tenant = models.ForeignKey(Tenant, null=True, on_delete=models.SET_NULL, related_name="+")
+
+
 class ApiKey(models.Model):
     """A bearer key. Only its SHA-256 is stored; the prefix finds the row."""
 
