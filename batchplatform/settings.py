@@ -19,7 +19,8 @@ ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin with the operator console and its operations dashboard (jobs/dashboard.py).
+    "jobs.adminsite.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -153,6 +154,9 @@ STUCK_BATCH_SECONDS = envseconds("STUCK_BATCH_SECONDS", 900)
 TASK_MODULES = envlist("TASK_MODULES", "jobs.examples,batches.examples")
 # Crash points for fault-injection tests ("name=kill,other=raise"); inert when empty.
 FAILPOINTS = envstr("FAILPOINTS", "")
+
+# Linked from the operations dashboard; Flower itself runs behind FLOWER_BASIC_AUTH.
+FLOWER_URL = envstr("FLOWER_URL", "http://127.0.0.1:5555/")
 
 LOG_FORMAT = envstr("LOG_FORMAT", "text")
 LOGGING = {

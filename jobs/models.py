@@ -139,6 +139,12 @@ class Job(models.Model):
     )
 
     class Meta:
+        # Operator actions in the admin (jobs/admin.py), each granted separately.
+        permissions = [
+            ("cancel_job", "Can cancel jobs"),
+            ("requeue_job", "Can requeue failed or cancelled jobs"),
+            ("repair_job", "Can repair stuck jobs"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "idempotency_key"],

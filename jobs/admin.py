@@ -1,0 +1,445 @@
+"""The operator's console for tenants, API keys, jobs, executions and events.
+
+Job, execution and event rows are read-only here: they change only through the
+lifecycle functions the actions call (the same ones the API and the sweeper call).
+"""
+
+from typing import Any
+from uuid import UUID
+
+from django.contrib import admin, messages
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.timesince import timesince
+
+from . import lifecycle, registry
+from .console import (
+    ActionReport,
+    EstimatedCountPaginator,
+    badge,
+    confirm_page,
+    confirmed,
+    operator,
+    place_label,
+    place_names,
+    pretty_json,
+    progress_bar,
+    reason_from,
+    repair_now,
+    stuck_ids,
+)
+from .lifecycle import STALLED_MESSAGE
+from .models import ACTIVE_STATUSES, ApiKey, Execution, Job, JobEvent, JobStatus, Tenant
+
+
+def short(value: object) -> str:
+    return str(value)[:8]
+
+
+def age(moment: Any) -> str:
+    return timesince(moment, timezone.now()) if moment else "-"
+
+
+def admin_link(obj: Any, label: str | None = None) -> SafeString | str:
+    if obj is None:
+        return "-"
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, label or str(obj))
+
+
+def parse_uuid(term: str) -> UUID | None:
+    try:
+        return UUID(term.strip())
+    except ValueError:
+        return None
+
+
+# --- tenants and keys -----------------------------------------------------------------
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "concurrency_limit", "weight", "active_over_limit", "created_at"]
+    list_editable = ["concurrency_limit", "weight"]
+    search_fields = ["slug", "name", "=id"]
+    readonly_fields = ["id", "dispatch_deficit", "created_at"]
+    fields = [
+        "id", "slug", "name", "concurrency_limit", "weight",
+        "rate_limit_max", "rate_limit_refill", "rate_limit_refill_seconds", "dispatch_deficit", "created_at",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
+        # One correlated count per row on the partial active index, not a join over all jobs.
+        active = (
+            Job.objects.filter(tenant=OuterRef("pk"), status__in=ACTIVE_STATUSES)
+            .order_by().values("tenant").annotate(n=Count("id")).values("n")
+        )
+        return super().get_queryset(request).annotate(active=Coalesce(Subquery(active), 0))
+
+    @admin.display(description="active / limit")
+    def active_over_limit(self, obj: Tenant) -> str:
+        return f"{getattr(obj, 'active', 0)} / {obj.concurrency_limit}"
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["prefix_shown", "tenant", "name", "created_at", "last_used_at", "revoked"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "tenant"]
+    list_select_related = ["tenant"]
+    search_fields = ["prefix", "name", "tenant__slug"]
+    actions = ["revoke_keys"]
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return ["tenant", "name"]
+        return ["id", "tenant", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return []
+        return ["id", "tenant", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    @admin.display(description="prefix", ordering="prefix")
+    def prefix_shown(self, obj: ApiKey) -> str:
+        return f"{obj.prefix}…"
+
+    @admin.display(description="revoked", boolean=True, ordering="revoked_at")
+    def revoked(self, obj: ApiKey) -> bool:
+        return obj.revoked_at is not None
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # Only the hash is stored: the plain key is shown this once and never again.
+        created, plain = ApiKey.generate(obj.tenant, obj.name)
+        obj.pk, obj.prefix, obj.key_hash, obj.created_at = created.pk, created.prefix, created.key_hash, created.created_at
+        obj._state.adding = False
+        self.message_user(
+            request,
+            format_html(
+                "New API key for {}: <code id=\"bp-new-key\">{}</code> — copy it now, it is not shown again.",
+                obj.tenant, plain,
+            ),
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        report = ActionReport("Revoked", "API keys")
+        already = queryset.filter(revoked_at__isnull=False).count()
+        # Conditional update: a key revoked twice keeps its first revocation time.
+        report.change(rows=queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now()))
+        for _ in range(already):
+            report.skip("already revoked")
+        report.send(self, request)
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+class TaskFilter(admin.SimpleListFilter):
+    """Registered task names, not a DISTINCT over the whole job table."""
+
+    title = "task"
+    parameter_name = "task"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in registry.registered_names()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(task=self.value()) if self.value() else queryset
+
+
+class StuckFilter(admin.SimpleListFilter):
+    """Rows the sweeper's finders see in a stuck place right now (each capped at its
+    chunk size): the same definition the sweeper acts on."""
+
+    title = "stuck"
+    parameter_name = "stuck"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("any", "in any stuck place")] + [(name, place_label(name)) for name in place_names()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        return queryset.filter(pk__in=stuck_ids(None if value == "any" else value))
+
+
+def dead_letter_q() -> Q:
+    """Failed for good: attempts exhausted, or stalled more than allowed."""
+    return Q(status=JobStatus.FAILED) & (
+        Q(attempts__gte=F("max_attempts")) | Q(error__type="Stalled") | Q(error__message=STALLED_MESSAGE)
+    )
+
+
+class DeadLetterFilter(admin.SimpleListFilter):
+    title = "dead letter"
+    parameter_name = "dead_letter"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "dead letter (failed after exhausting attempts)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(dead_letter_q()) if self.value() == "yes" else queryset
+
+
+class ReadOnlyMixin:
+    """State changes only through actions; forms never write these rows."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ExecutionInline(ReadOnlyMixin, admin.TabularInline):
+    model = Execution
+    extra = 0
+    fields = ["attempt", "status_badge", "worker", "started_at", "finished_at", "error"]
+    readonly_fields = fields
+    ordering = ["started_at", "id"]
+
+    @admin.display(description="status")
+    def status_badge(self, obj: Execution) -> SafeString:
+        return badge(obj.status)
+
+
+class JobEventInline(ReadOnlyMixin, admin.TabularInline):
+    model = JobEvent
+    extra = 0
+    fields = ["created_at", "type", "attempt", "message"]
+    readonly_fields = fields
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = [
+        "short_id", "task", "tenant", "status_badge", "attempts_shown", "progress_shown", "age", "batch_link",
+    ]
+    list_display_links = ["short_id"]
+    list_filter = ["status", StuckFilter, DeadLetterFilter, "tenant", TaskFilter]
+    list_select_related = ["tenant"]
+    list_per_page = 50
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    date_hierarchy = "created_at"
+    ordering = ["-created_at"]
+    search_fields = ["idempotency_key"]
+    search_help_text = "A job, batch or parent id, or an idempotency key (exact)."
+    inlines = [ExecutionInline, JobEventInline]
+    actions = ["cancel_jobs", "requeue_jobs", "repair_jobs"]
+    fieldsets = [
+        (None, {"fields": [
+            "id", "tenant", "task", "status_badge", "attempts_shown", "stalled_count", "priority",
+            "progress_shown", "error_shown", "result_shown",
+        ]}),
+        ("Times", {"fields": ["created_at", "run_at", "started_at", "finished_at", "updated_at"]}),
+        ("Relations", {"fields": ["batch", "batch_index", "parent", "root", "waiting_for"]}),
+        ("Payload", {"fields": ["payload_shown", "idempotency_key", "payload_hash"]}),
+        ("Internal (fencing, lease, deadlines)", {"classes": ["collapse"], "fields": [
+            "queue", "timeout_seconds", "dispatch_token", "dispatched_at", "dispatch_deadline",
+            "lease_token", "lease_owner", "lease_expires_at", "timeout_at",
+        ]}),
+    ]
+    readonly_fields = [
+        "status_badge", "attempts_shown", "progress_shown", "error_shown", "result_shown", "payload_shown",
+    ]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
+    ) -> tuple[QuerySet[Job], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        as_uuid = parse_uuid(term)
+        match = Q(idempotency_key=term)
+        if as_uuid is not None:
+            match |= Q(id=as_uuid) | Q(batch_id=as_uuid) | Q(parent_id=as_uuid)
+        return queryset.filter(match), False
+
+    # --- columns
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, obj: Job) -> str:
+        return short(obj.id)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Job) -> SafeString:
+        return badge(obj.status)
+
+    @admin.display(description="attempts")
+    def attempts_shown(self, obj: Job) -> str:
+        return f"{obj.attempts} / {obj.max_attempts}"
+
+    @admin.display(description="progress")
+    def progress_shown(self, obj: Job) -> SafeString | str:
+        return progress_bar(obj.progress)
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj: Job) -> str:
+        return age(obj.created_at)
+
+    @admin.display(description="batch")
+    def batch_link(self, obj: Job) -> SafeString | str:
+        if obj.batch_id is None:
+            return "-"
+        url = reverse("admin:batches_batch_change", args=[obj.batch_id])
+        return format_html('<a href="{}">{}</a> #{}', url, short(obj.batch_id), obj.batch_index)
+
+    @admin.display(description="error")
+    def error_shown(self, obj: Job) -> SafeString | str:
+        return pretty_json(obj.error)
+
+    @admin.display(description="result")
+    def result_shown(self, obj: Job) -> SafeString | str:
+        return pretty_json(obj.result)
+
+    @admin.display(description="payload")
+    def payload_shown(self, obj: Job) -> SafeString | str:
+        return pretty_json(obj.payload)
+
+    # --- permissions for actions
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("jobs.cancel_job")
+
+    def has_requeue_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("jobs.requeue_job")
+
+    def has_repair_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("jobs.repair_job")
+
+    # --- actions
+
+    @admin.action(description="Cancel selected jobs (and their unfinished children)", permissions=["cancel"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> TemplateResponse | None:
+        if not confirmed(request):
+            return confirm_page(
+                self, request, queryset, title="Cancel jobs",
+                warning="Cancel these jobs? Their unfinished child jobs are cancelled too; "
+                        "running handlers are told to stop and their results are refused.",
+                reason_label="Reason (stored on each job's error and event)",
+                reason_default="cancelled by operator",
+            )
+        reason = f"{reason_from(request, 'cancelled by operator')} ({operator(request)})"
+        report = ActionReport("Cancelled", "jobs")
+        for job_id in queryset.values_list("id", flat=True).order_by("id"):
+            try:
+                moved = lifecycle.cancel(job_id, reason)
+            except lifecycle.InvalidState as exc:
+                report.skip(f"already finished: {str(exc).removeprefix('job is ')}")
+                continue
+            except Job.DoesNotExist:
+                report.skip("gone")
+                continue
+            if job_id in moved:
+                report.change("with unfinished children" if len(moved) > 1 else None)
+            else:
+                report.skip("already cancelled")
+        report.send(self, request)
+        return None
+
+    @admin.action(description="Requeue selected failed or cancelled jobs (fresh attempt budget)",
+                  permissions=["requeue"])
+    def requeue_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        report = ActionReport("Requeued", "jobs")
+        for job_id in queryset.values_list("id", flat=True).order_by("id"):
+            try:
+                lifecycle.requeue(job_id, f"requeued by operator ({operator(request)})")
+            except lifecycle.InvalidState as exc:
+                report.skip(f"not failed or cancelled: {str(exc).removeprefix('job is ')}")
+            except Job.DoesNotExist:
+                report.skip("gone")
+            else:
+                report.change()
+        report.send(self, request)
+
+    @admin.action(description="Repair now: diagnose where each job is stuck and apply that repair",
+                  permissions=["repair"])
+    def repair_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        report = repair_now(queryset.only("id", "tenant_id").order_by("id"), ActionReport("Repaired", "jobs"))
+        report.send(self, request)
+
+
+# --- executions and events ---------------------------------------------------------------
+
+
+@admin.register(Execution)
+class ExecutionAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["id", "job_link", "task", "attempt", "status_badge", "worker", "started_at", "duration"]
+    list_filter = ["status"]
+    list_select_related = ["job"]
+    list_per_page = 50
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    date_hierarchy = "started_at"
+    ordering = ["-started_at"]
+    search_fields = ["worker"]
+    search_help_text = "A job id (exact) or a worker name."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Execution], search_term: str
+    ) -> tuple[QuerySet[Execution], bool]:
+        as_uuid = parse_uuid(search_term)
+        if as_uuid is not None:
+            return queryset.filter(job_id=as_uuid), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="job")
+    def job_link(self, obj: Execution) -> SafeString | str:
+        return admin_link(obj.job, short(obj.job_id))
+
+    @admin.display(description="task")
+    def task(self, obj: Execution) -> str:
+        return obj.job.task
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Execution) -> SafeString:
+        return badge(obj.status)
+
+    @admin.display(description="duration")
+    def duration(self, obj: Execution) -> str:
+        if obj.finished_at is None:
+            return "-"
+        return f"{(obj.finished_at - obj.started_at).total_seconds():.2f}s"
+
+
+@admin.register(JobEvent)
+class JobEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["id", "created_at", "type", "job_link", "tenant", "attempt", "message"]
+    list_filter = ["type", "tenant"]
+    list_select_related = ["tenant"]
+    list_per_page = 100
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    date_hierarchy = "created_at"
+    ordering = ["-id"]
+    search_fields = ["message"]
+    search_help_text = "A job id (exact) or text in the message."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[JobEvent], search_term: str
+    ) -> tuple[QuerySet[JobEvent], bool]:
+        as_uuid = parse_uuid(search_term)
+        if as_uuid is not None:
+            return queryset.filter(job_id=as_uuid), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="job")
+    def job_link(self, obj: JobEvent) -> SafeString:
+        url = reverse("admin:jobs_job_change", args=[obj.job_id])
+        return format_html('<a href="{}">{}</a>', url, short(obj.job_id))
