@@ -2,6 +2,7 @@
 /api/v1/). Apps add their API routes under ``api/v1/`` above the catch-all."""
 
 from django.contrib import admin
+from django.contrib.staticfiles import views as staticfiles_views
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -11,6 +12,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # The docs UI's own assets (drf-spectacular-sidecar), served by the app so /api/docs/
+    # works offline under gunicorn with no static file server in front. Only that package.
+    re_path(r"^static/(?P<path>drf_spectacular_sidecar/.+)$", staticfiles_views.serve, {"insecure": True}),
     path("api/v1/", include("jobs.api.urls")),
     path("", include("jobs.urls")),
     # Last: any other /api/ path answers the JSON 404, even with DEBUG on (Django's

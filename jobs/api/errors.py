@@ -24,6 +24,7 @@ from typing import Any
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
@@ -170,6 +171,7 @@ def error_json_response(error: ApiError) -> JsonResponse:
     return response
 
 
+@csrf_exempt  # a POST to an unknown path is a 404, not a CSRF 403 in HTML
 def json_404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """handler404, and the catch-all for unknown paths under /api/ (JSON even with DEBUG)."""
     return error_json_response(ApiError(404, "not_found", f"no such resource: {request.path}"))
