@@ -16,6 +16,7 @@ urlpatterns = [
     # works offline under gunicorn with no static file server in front. Only that package.
     re_path(r"^static/(?P<path>drf_spectacular_sidecar/.+)$", staticfiles_views.serve, {"insecure": True}),
     path("api/v1/", include("jobs.api.urls")),
+    path("api/v1/", include("batches.api.urls")),
     path("", include("jobs.urls")),
     # Last: any other /api/ path answers the JSON 404, even with DEBUG on (Django's
     # debug 404 page would be HTML).

@@ -7,7 +7,8 @@ import pytest
 
 from batches import intake, lifecycle
 from batches.models import Batch
-from jobs.models import Tenant
+from jobs.models import ApiKey, Tenant
+from tests.api.conftest import ApiClient
 
 
 def ndjson(items: list[Any]) -> bytes:
@@ -27,3 +28,25 @@ def batch_factory(tenant: Tenant) -> Callable[..., Batch]:
         return lifecycle.create_batch(owner, **fields).batch
 
     return make
+
+
+@pytest.fixture
+def make_client(tenant_factory: Callable[..., Tenant]) -> Callable[..., ApiClient]:
+    def make(owner: Tenant | None = None) -> ApiClient:
+        owner = owner or tenant_factory()
+        _, key = ApiKey.generate(owner)
+        client = ApiClient(key)
+        client.tenant = owner  # type: ignore[attr-defined]
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api(make_client: Callable[..., ApiClient], tenant: Tenant) -> ApiClient:
+    return make_client(tenant)
+
+
+@pytest.fixture
+def other_api(make_client: Callable[..., ApiClient]) -> ApiClient:
+    return make_client()
