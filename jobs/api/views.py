@@ -9,7 +9,7 @@ built here (errors.py turns them into the common shape).
 from typing import Any
 from uuid import UUID
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -66,6 +66,9 @@ class ApiView(APIView):
 JOB_LIST = KeysetPagination(ordering=("-created_at", "-id"))
 EXECUTION_LIST = KeysetPagination(ordering=("id",))
 JOB_ID = OpenApiParameter("job_id", UUID, OpenApiParameter.PATH)
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After", int, OpenApiParameter.HEADER, response=[429], description="seconds until a create call is allowed"
+)
 
 
 class JobsView(ApiView):
@@ -97,9 +100,10 @@ class JobsView(ApiView):
         operation_id="jobs_create",
         summary="Submit a job",
         request=JobCreateSerializer,
+        parameters=[RETRY_AFTER],
         responses={
-            201: JobSerializer,
-            200: JobSerializer,
+            201: OpenApiResponse(JobSerializer, description="created"),
+            200: OpenApiResponse(JobSerializer, description="the existing job of this idempotency key"),
             **error_responses(400, 401, 409, 413, 415, 429),
         },
         description="201 with the new job; 200 with the existing job when the idempotency key "

@@ -307,3 +307,26 @@ def test_rate_limiter_fails_open_when_redis_is_unreachable(
     assert statuses == [201, 201, 201]
     assert "fail open" in caplog.text
     assert Job.objects.count() == 3
+
+
+def test_post_to_an_unknown_api_path_is_a_json_404_not_a_csrf_page(api: ApiClient) -> None:
+    assert_error(api.post("/api/v1/jobs/not-a-uuid/cancel"), 404, "not_found")
+
+
+def test_schema_describes_the_error_answers_and_the_bearer_scheme() -> None:
+    schema = Client().get("/api/schema/?format=json").json()
+    assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": "An API key from `create_api_key`."
+    }
+    create = schema["paths"]["/api/v1/jobs"]["post"]
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    for code in ("400", "401", "409", "413", "415", "429"):
+        assert create["responses"][code]["content"]["application/json"]["schema"] == error_ref
+    assert "Retry-After" in create["responses"]["429"]["headers"]
+    assert set(create["responses"]) >= {"200", "201"}
+    for path in ("/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel", "/api/v1/jobs/{job_id}/requeue"):
+        for operation in schema["paths"][path].values():
+            assert operation["responses"]["404"]["content"]["application/json"]["schema"] == error_ref
+            assert operation["security"] == [{"bearerAuth": []}]
+    error = schema["components"]["schemas"]["ErrorDetail"]
+    assert set(error["required"]) == {"code", "message"}
