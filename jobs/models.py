@@ -258,3 +258,18 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.job_id}"
+
+
+class EventTally(models.Model):
+    """Events already deleted by the pruner, by type (and reason for `repaired`).
+
+    `/metrics` counters are counts of JobEvent rows plus these tallies, so pruning
+    old events never makes a counter go down (jobs/retention.py adds to them in the
+    transaction that deletes the rows).
+    """
+
+    key = models.CharField(max_length=300, primary_key=True)  # "<type>" or "repaired:<reason>"
+    count = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.count}"
