@@ -133,7 +133,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        report = ActionReport("Revoked", "API keys")
+        report = ActionReport("Revoked", "API key", "API keys")
         already = queryset.filter(revoked_at__isnull=False).count()
         # Conditional update: a key revoked twice keeps its first revocation time.
         report.change(rows=queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now()))
@@ -336,7 +336,7 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 reason_default="cancelled by operator",
             )
         reason = f"{reason_from(request, 'cancelled by operator')} ({operator(request)})"
-        report = ActionReport("Cancelled", "jobs")
+        report = ActionReport("Cancelled", "job", "jobs")
         for job_id in queryset.values_list("id", flat=True).order_by("id"):
             try:
                 moved = lifecycle.cancel(job_id, reason)
@@ -356,7 +356,7 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.action(description="Requeue selected failed or cancelled jobs (fresh attempt budget)",
                   permissions=["requeue"])
     def requeue_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        report = ActionReport("Requeued", "jobs")
+        report = ActionReport("Requeued", "job", "jobs")
         for job_id in queryset.values_list("id", flat=True).order_by("id"):
             try:
                 lifecycle.requeue(job_id, f"requeued by operator ({operator(request)})")
@@ -371,7 +371,7 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.action(description="Repair now: diagnose where each job is stuck and apply that repair",
                   permissions=["repair"])
     def repair_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        report = repair_now(queryset.only("id", "tenant_id").order_by("id"), ActionReport("Repaired", "jobs"))
+        report = repair_now(queryset.select_related(None).only("id", "tenant_id").order_by("id"), ActionReport("Repaired", "job", "jobs"))
         report.send(self, request)
 
 

@@ -138,7 +138,8 @@ class ActionReport:
     """What an action did: rows changed, and each skipped row's reason, counted."""
 
     done: str  # past tense, e.g. "Cancelled"
-    noun: str  # plural, e.g. "jobs"
+    one: str  # e.g. "job"
+    many: str  # e.g. "jobs"
     changed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     notes: Counter[str] = field(default_factory=Counter)
@@ -157,9 +158,10 @@ class ActionReport:
 
     def messages(self) -> list[tuple[int, str]]:
         out: list[tuple[int, str]] = []
-        text = f"{self.done} {self.changed} {self.noun}."
+        noun = self.one if self.changed == 1 else self.many
+        text = f"{self.done} {self.changed} {noun}."
         if self.notes:
-            text = f"{self.done} {self.changed} {self.noun}: {self._tally(self.notes)}."
+            text = f"{self.done} {self.changed} {noun}: {self._tally(self.notes)}."
         out.append((messages.SUCCESS if self.changed else messages.INFO, text))
         if self.skipped:
             count = sum(self.skipped.values())
@@ -285,9 +287,21 @@ class Diagnosis:
     uncertain: list[str]  # places whose finder failed or hit its row cap without showing this id
 
 
-def diagnose(object_id: UUID, tenant_id: UUID | None, cache: dict[Any, Any] | None = None) -> Diagnosis:
-    """Which stuck places hold this row (a job, or a batch), by the sweeper's own finders."""
+def diagnose(
+    object_id: UUID,
+    tenant_id: UUID | None,
+    cache: dict[Any, Any] | None = None,
+    *,
+    extra_ids: set[UUID] | None = None,
+    owner_batch: UUID | None = None,
+) -> Diagnosis:
+    """Which stuck places hold this row, by the sweeper's own finders: a row of a
+    place matches if it carries this id (or one of `extra_ids`, e.g. a batch's
+    waitpoint), or, with `owner_batch`, the id of one of that batch's children."""
+    from .models import Job
+
     cache = {} if cache is None else cache
+    ids = {object_id} | (extra_ids or set())
     rows: list[tuple[sweeper.Place, tuple[object, ...]]] = []
     uncertain: list[str] = []
     for place in sweeper.PLACES:
@@ -297,7 +311,11 @@ def diagnose(object_id: UUID, tenant_id: UUID | None, cache: dict[Any, Any] | No
         if cache[key] is None:
             uncertain.append(place.name)
             continue
-        found = [row for row in cache[key] if object_id in row]
+        wanted = ids
+        if owner_batch is not None and cache[key]:
+            candidates = uuids_in(cache[key]) - ids
+            wanted = ids | set(Job.objects.filter(batch_id=owner_batch, id__in=candidates).values_list("id", flat=True))
+        found = [row for row in cache[key] if any(isinstance(v, UUID) and v in wanted for v in row)]
         rows.extend((place, row) for row in found)
         if not found and len(cache[key]) >= sweeper.CHUNK:
             uncertain.append(place.name)
