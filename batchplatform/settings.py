@@ -184,6 +184,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Several components have a `status` with its own choices: name each enum (else
+    # drf-spectacular warns, and `check --deploy` reports it).
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "ExecutionStatusEnum": "jobs.models.ExecutionStatus",
+        "BatchStatusEnum": "batches.models.BatchStatus",
+        "WaitpointStatusEnum": "batches.models.WaitpointStatus",
+    },
 }
 
 CELERY_RESULT_BACKEND = "django-db"
