@@ -64,6 +64,12 @@ def configure(app: Celery) -> None:
                 "schedule": timedelta(seconds=settings.STALLED_INTERVAL_SECONDS),
                 "options": {"expires": settings.STALLED_INTERVAL_SECONDS * 5},
             },
+            # Retention: delete finished jobs, executions and events past their age.
+            "prune": {
+                "task": "jobs.prune",
+                "schedule": timedelta(seconds=settings.RETENTION_INTERVAL_SECONDS),
+                "options": {"expires": settings.RETENTION_INTERVAL_SECONDS / 2},
+            },
         },
         beat_max_loop_interval=min(settings.DISPATCH_INTERVAL_SECONDS, 5),
     )

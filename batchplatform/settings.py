@@ -150,6 +150,16 @@ STUCK_QUEUED_SECONDS = envseconds("STUCK_QUEUED_SECONDS", 300)
 STUCK_RUNNING_SECONDS = envseconds("STUCK_RUNNING_SECONDS", 1800)
 STUCK_EXECUTION_SECONDS = envseconds("STUCK_EXECUTION_SECONDS", 900)
 STUCK_BATCH_SECONDS = envseconds("STUCK_BATCH_SECONDS", 900)
+# Retention (jobs/retention.py, daily from beat and `manage.py prune_jobs`): finished
+# jobs, closed executions and events of finished jobs older than these are deleted,
+# RETENTION_CHUNK rows per transaction.
+RETENTION_JOBS_SECONDS = envseconds("RETENTION_JOBS_SECONDS", 30 * 86400)
+RETENTION_EXECUTIONS_SECONDS = envseconds("RETENTION_EXECUTIONS_SECONDS", 30 * 86400)
+RETENTION_EVENTS_SECONDS = envseconds("RETENTION_EVENTS_SECONDS", 30 * 86400)
+RETENTION_CHUNK = envint("RETENTION_CHUNK", 1000, minimum=1)
+RETENTION_INTERVAL_SECONDS = envseconds("RETENTION_INTERVAL_SECONDS", 86400)
+# /metrics histograms (dispatch latency, run time) cover attempts of this recent window.
+METRICS_WINDOW_SECONDS = envseconds("METRICS_WINDOW_SECONDS", 300)
 # Modules imported by workers and the API to register task handlers.
 TASK_MODULES = envlist("TASK_MODULES", "jobs.examples,batches.examples")
 # Crash points for fault-injection tests ("name=kill,other=raise"); inert when empty.

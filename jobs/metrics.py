@@ -12,8 +12,9 @@ works when all processes share one machine's disk).
 - Counters: events by type for the types that signal trouble (stalled, lock
   extension failures, retries, time-outs, re-dispatches, refused results) and
   repairs by reason: counts of JobEvent rows. Those types are rare, and each count is
-  an index-only range on `event_type_idx`. They go down only when the pruner
-  deletes old events; Prometheus reads that as a counter reset (see retention.py).
+  an index-only range on `event_type_idx`. The pruner adds what it deletes to
+  EventTally in the same transaction, and the counters include it, so they never
+  go down.
 - Histograms of dispatch latency (dispatched → started, per attempt) and run time
   (started → finished, per attempt) are gauge histograms over the attempts that
   started or finished in the last METRICS_WINDOW_SECONDS, computed from event rows.
@@ -90,6 +91,14 @@ def _event_counts() -> tuple[dict[str, int], dict[str, int]]:
         by_type = {t: int(n) for t, n in cursor.fetchall()}
         cursor.execute("SELECT message, count(*) FROM jobs_jobevent WHERE type = 'repaired' GROUP BY message")
         by_reason = {reason: int(n) for reason, n in cursor.fetchall()}
+        # Events the pruner deleted: the counters must never go down.
+        cursor.execute("SELECT key, count FROM jobs_eventtally")
+        for key, n in cursor.fetchall():
+            if key.startswith("repaired:"):
+                reason = key.removeprefix("repaired:")
+                by_reason[reason] = by_reason.get(reason, 0) + int(n)
+            elif key in TROUBLE_EVENTS:
+                by_type[key] = by_type.get(key, 0) + int(n)
     return by_type, by_reason
 
 

@@ -22,3 +22,11 @@ def dispatch_ready() -> int:
 def sweep() -> dict[str, int] | None:
     report = sweeper.sweep_single_flight()
     return None if report is None else report.counts()
+
+
+# Chunked, each chunk its own transaction: a time limit only postpones the rest.
+@shared_task(name="jobs.prune", ignore_result=True, soft_time_limit=3600, time_limit=3660)
+def prune() -> dict[str, int]:
+    from . import retention
+
+    return retention.prune().as_dict()
