@@ -138,8 +138,9 @@ def test_oversized_payload_is_413_and_writes_nothing(api: ApiClient, settings) -
 
 def test_create_query_count_is_pinned(api: ApiClient, django_assert_max_num_queries: Callable) -> None:
     api.get(JOBS)  # first use writes last_used_at; not part of the pin
-    # key; job insert and its event (in savepoints here); the dispatch lock and claim; the re-read.
-    with django_assert_max_num_queries(10):
+    # The API's own: the key, the job insert and its event, the re-read (+4 savepoints in
+    # a test transaction). The rest (3 to 5) is the engine's dispatch of the new job.
+    with django_assert_max_num_queries(13):
         assert api.post(JOBS, {"task": "examples.echo"}).status_code == 201
 
 
