@@ -12,14 +12,14 @@ import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 logger = logging.getLogger("jobs.health")
 
 BROKER_TIMEOUT_SECONDS = 1.0
 
 
-@require_GET
+@require_safe  # GET and HEAD (some probes send HEAD)
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
@@ -47,7 +47,7 @@ def broker_ok() -> bool:
         client.close()
 
 
-@require_GET
+@require_safe  # GET and HEAD (some probes send HEAD)
 def ready(request: HttpRequest) -> JsonResponse:
     checks = {"database": database_ok(), "broker": broker_ok()}
     failed = [name for name, ok in checks.items() if not ok]

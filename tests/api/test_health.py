@@ -55,3 +55,10 @@ def test_docs_page_and_its_assets_are_served_without_a_cdn() -> None:
     asset = client.get("/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
     assert asset.status_code == 200
     assert client.get("/static/other/../../settings.py").status_code == 404
+
+
+def test_probes_may_use_head_but_not_post() -> None:
+    client = Client()
+    assert client.head("/health/").status_code == 200
+    assert client.head("/health/ready").status_code == 200
+    assert client.post("/health/ready").status_code == 405
