@@ -46,6 +46,18 @@ def age(moment: Any) -> str:
     return timesince(moment, timezone.now()) if moment else "-"
 
 
+def timestamp(field: str) -> Any:
+    """A read-only column showing a time to the millisecond (leases live in seconds)."""
+
+    @admin.display(description=field.replace("_", " "), ordering=field)
+    def show(self: Any, obj: Any) -> str:
+        value = getattr(obj, field)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC" if value else "-"
+
+    show.__name__ = f"{field}_exact"
+    return show
+
+
 def admin_link(obj: Any, label: str | None = None) -> SafeString | str:
     if obj is None:
         return "-"
@@ -196,6 +208,8 @@ class DeadLetterFilter(admin.SimpleListFilter):
 class ReadOnlyMixin:
     """State changes only through actions; forms never write these rows."""
 
+    change_form_template = "admin/console/readonly_change_form.html"
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -209,9 +223,11 @@ class ReadOnlyMixin:
 class ExecutionInline(ReadOnlyMixin, admin.TabularInline):
     model = Execution
     extra = 0
-    fields = ["attempt", "status_badge", "worker", "started_at", "finished_at", "error"]
+    fields = ["attempt", "status_badge", "worker", "started_at_exact", "finished_at_exact", "error"]
     readonly_fields = fields
     ordering = ["started_at", "id"]
+    started_at_exact = timestamp("started_at")
+    finished_at_exact = timestamp("finished_at")
 
     @admin.display(description="status")
     def status_badge(self, obj: Execution) -> SafeString:
@@ -221,8 +237,9 @@ class ExecutionInline(ReadOnlyMixin, admin.TabularInline):
 class JobEventInline(ReadOnlyMixin, admin.TabularInline):
     model = JobEvent
     extra = 0
-    fields = ["created_at", "type", "attempt", "message"]
+    fields = ["created_at_exact", "type", "attempt", "message"]
     readonly_fields = fields
+    created_at_exact = timestamp("created_at")
 
 
 @admin.register(Job)
@@ -247,17 +264,30 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "id", "tenant", "task", "status_badge", "attempts_shown", "stalled_count", "priority",
             "progress_shown", "error_shown", "result_shown",
         ]}),
-        ("Times", {"fields": ["created_at", "run_at", "started_at", "finished_at", "updated_at"]}),
+        ("Times", {"fields": [
+            "created_at_exact", "run_at_exact", "started_at_exact", "finished_at_exact", "updated_at_exact",
+        ]}),
         ("Relations", {"fields": ["batch", "batch_index", "parent", "root", "waiting_for"]}),
         ("Payload", {"fields": ["payload_shown", "idempotency_key", "payload_hash"]}),
         ("Internal (fencing, lease, deadlines)", {"classes": ["collapse"], "fields": [
-            "queue", "timeout_seconds", "dispatch_token", "dispatched_at", "dispatch_deadline",
-            "lease_token", "lease_owner", "lease_expires_at", "timeout_at",
+            "queue", "timeout_seconds", "dispatch_token", "dispatched_at_exact", "dispatch_deadline_exact",
+            "lease_token", "lease_owner", "lease_expires_at_exact", "timeout_at_exact",
         ]}),
     ]
     readonly_fields = [
         "status_badge", "attempts_shown", "progress_shown", "error_shown", "result_shown", "payload_shown",
+        "created_at_exact", "run_at_exact", "started_at_exact", "finished_at_exact", "updated_at_exact",
+        "dispatched_at_exact", "dispatch_deadline_exact", "lease_expires_at_exact", "timeout_at_exact",
     ]
+    created_at_exact = timestamp("created_at")
+    run_at_exact = timestamp("run_at")
+    started_at_exact = timestamp("started_at")
+    finished_at_exact = timestamp("finished_at")
+    updated_at_exact = timestamp("updated_at")
+    dispatched_at_exact = timestamp("dispatched_at")
+    dispatch_deadline_exact = timestamp("dispatch_deadline")
+    lease_expires_at_exact = timestamp("lease_expires_at")
+    timeout_at_exact = timestamp("timeout_at")
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
