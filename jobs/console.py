@@ -126,7 +126,9 @@ class EstimatedCountPaginator(Paginator):
         capped = queryset.order_by()[: EXACT_COUNT_CAP + 1].count()
         if capped <= EXACT_COUNT_CAP:
             return capped
-        estimate = table_estimate(queryset.model._meta.db_table) if unfiltered else plan_estimate(queryset)
+        estimate = table_estimate(queryset.model._meta.db_table) if unfiltered else -1
+        if estimate < 0:  # never analysed, or filtered: the planner's own guess
+            estimate = plan_estimate(queryset)
         return max(estimate, capped)
 
 
