@@ -45,9 +45,10 @@ def configure(app: Celery) -> None:
         # sent with each job's message from its own timeout.
         task_soft_time_limit=300,
         task_time_limit=360,
-        # Task events for Flower.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events for Flower (three extra Redis publishes per task; Flower also
+        # switches them on when it connects, so CELERY_TASK_EVENTS=0 is safe for speed).
+        worker_send_task_events=settings.CELERY_TASK_EVENTS,
+        task_send_sent_event=settings.CELERY_TASK_EVENTS,
         # Celery's Django fixup closes the DB connection after every task unless told
         # to reuse it; a new Postgres connection per task cost ~4x throughput here.
         # Broken connections are still recycled by close_old_connections (jobs/signals.py).

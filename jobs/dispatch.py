@@ -52,7 +52,9 @@ class _Tenant:
 _CANDIDATES_SQL = """
 SELECT t.id, t.weight, t.concurrency_limit, t.dispatch_deficit,
        (SELECT count(*) FROM jobs_job a
-        WHERE a.tenant_id = t.id AND a.status IN ('dispatched', 'running')) AS active
+        WHERE a.tenant_id = t.id AND a.status IN ('dispatched', 'running')) AS active,
+       (SELECT count(*) FROM jobs_job g WHERE g.status IN ('dispatched', 'running')) AS active_total,
+       (SELECT c.tenant_id FROM jobs_dispatchcursor c WHERE c.id = 1) AS pointer
 FROM jobs_tenant t
 WHERE EXISTS (
     SELECT 1 FROM jobs_job j
@@ -61,25 +63,38 @@ WHERE EXISTS (
 ORDER BY t.id
 """
 
+# Claims for every tenant of the plan, the events, the deficits and the pointer: one
+# statement. `alloc` is a VALUES list of (tenant, n, new deficit).
 _CLAIM_SQL = """
-WITH picked AS (
-    SELECT j.id FROM jobs_job j
-    WHERE j.tenant_id = %(tenant)s AND j.status = 'queued' AND j.run_at <= statement_timestamp()
-    ORDER BY j.priority DESC, j.run_at, j.created_at
-    LIMIT %(n)s
-    FOR UPDATE SKIP LOCKED
+WITH alloc(tenant_id, n, deficit) AS (VALUES {values}),
+picked AS (
+    SELECT p.id FROM alloc, LATERAL (
+        SELECT j.id FROM jobs_job j
+        WHERE j.tenant_id = alloc.tenant_id AND j.status = 'queued' AND j.run_at <= statement_timestamp()
+        ORDER BY j.priority DESC, j.run_at, j.created_at
+        LIMIT alloc.n
+        FOR UPDATE SKIP LOCKED
+    ) p
+    WHERE alloc.n > 0
 ), claimed AS (
     UPDATE jobs_job j SET
         status = 'dispatched',
         dispatch_token = gen_random_uuid(),
         dispatched_at = statement_timestamp(),
-        dispatch_deadline = statement_timestamp() + make_interval(secs => %(deadline)s),
+        dispatch_deadline = statement_timestamp() + make_interval(secs => %s),
         updated_at = statement_timestamp()
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.tenant_id, j.dispatch_token, j.task, j.queue, j.timeout_seconds, j.attempts
 ), events AS (
     INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, created_at)
     SELECT id, tenant_id, 'dispatched', attempts + 1, '', statement_timestamp() FROM claimed
+), deficits AS (
+    UPDATE jobs_tenant t SET dispatch_deficit = alloc.deficit FROM alloc
+    WHERE t.id = alloc.tenant_id AND t.dispatch_deficit IS DISTINCT FROM alloc.deficit
+), pointer AS (
+    INSERT INTO jobs_dispatchcursor (id, tenant_id) VALUES (1, %s)
+    ON CONFLICT (id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id
+    WHERE jobs_dispatchcursor.tenant_id IS DISTINCT FROM EXCLUDED.tenant_id
 )
 SELECT id, dispatch_token, task, queue, timeout_seconds FROM claimed
 """
@@ -129,50 +144,37 @@ def plan(tenants: list[_Tenant], pointer: UUID | None, free: int, quantum: int, 
     return alloc, next_pointer
 
 
-def run_cycle(wait: bool = True) -> list[Dispatched]:
+def run_cycle(wait: bool = True, locked: bool = False) -> list[Dispatched]:
     """One dispatch cycle inside the caller's transaction; messages go out on commit.
 
-    `wait=False` (used in finish transactions) skips the cycle when another
-    dispatcher holds the lock; a slot that cycle could not see is refilled by the
-    next finish, submit or beat tick (DISPATCH_INTERVAL_SECONDS).
+    `wait=False` (refills after a finish) skips the cycle when another dispatcher
+    holds the lock; a slot that cycle could not see is refilled by the next finish,
+    submit or beat tick (DISPATCH_INTERVAL_SECONDS). `locked=True`: the caller
+    already took the lock in its own statement (saves a round trip per job).
     """
     assert connection.in_atomic_block, "dispatch must run inside a transaction"
     with connection.cursor() as cursor:
-        if not _lock(cursor, wait):
+        if not locked and not _lock(cursor, wait):
             return []
         cursor.execute(_CANDIDATES_SQL)
         rows = cursor.fetchall()
         if not rows:
             return []
-        cursor.execute(
-            "SELECT (SELECT count(*) FROM jobs_job WHERE status IN ('dispatched', 'running')), "
-            "(SELECT tenant_id FROM jobs_dispatchcursor WHERE id = 1)"
-        )
-        active_total, pointer = cursor.fetchone()
+        active_total, pointer = rows[0][5], rows[0][6]
         tenants = [_Tenant(id=r[0], weight=max(1, r[1]), free=max(0, r[2] - r[4]), deficit=r[3]) for r in rows]
-        free = settings.DISPATCH_MAX_ACTIVE - active_total
         alloc, new_pointer = plan(
-            tenants, pointer, free, settings.DISPATCH_DRR_QUANTUM, settings.DISPATCH_MAX_DEFICIT
+            tenants,
+            pointer,
+            settings.DISPATCH_MAX_ACTIVE - active_total,
+            settings.DISPATCH_DRR_QUANTUM,
+            settings.DISPATCH_MAX_DEFICIT,
         )
-        claimed: list[Dispatched] = []
-        for tenant_id, n in alloc.items():
-            if n <= 0:
-                continue
-            cursor.execute(
-                _CLAIM_SQL, {"tenant": tenant_id, "n": n, "deadline": settings.DISPATCH_DEADLINE_SECONDS}
-            )
-            claimed.extend(Dispatched(*row) for row in cursor.fetchall())
-        # Deficits and pointer in one statement, every cycle (a fixed statement count).
-        values = ", ".join(["(%s::uuid, %s::float8)"] * len(tenants))
-        cursor.execute(
-            "WITH d AS (UPDATE jobs_tenant t SET dispatch_deficit = v.deficit FROM (VALUES "
-            + values
-            + ") AS v(id, deficit) WHERE t.id = v.id AND t.dispatch_deficit IS DISTINCT FROM v.deficit) "
-            "INSERT INTO jobs_dispatchcursor (id, tenant_id) VALUES (1, %s) "
-            "ON CONFLICT (id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id "
-            "WHERE jobs_dispatchcursor.tenant_id IS DISTINCT FROM EXCLUDED.tenant_id",
-            [x for t in tenants for x in (t.id, t.deficit)] + [new_pointer],
-        )
+        params: list[object] = []
+        for t in tenants:
+            params += [t.id, alloc.get(t.id, 0), t.deficit]
+        sql = _CLAIM_SQL.format(values=", ".join(["(%s::uuid, %s::int, %s::float8)"] * len(tenants)))
+        cursor.execute(sql, [*params, settings.DISPATCH_DEADLINE_SECONDS, new_pointer])
+        claimed = [Dispatched(*row) for row in cursor.fetchall()]
     if claimed:
         transaction.on_commit(lambda: send_dispatched(claimed))
     return claimed
@@ -184,9 +186,37 @@ def dispatch_tenant(tenant_id: UUID | None = None) -> list[Dispatched]:
     return run_cycle(wait=True)
 
 
-def refill() -> list[Dispatched]:
+def refill(locked: bool = False) -> list[Dispatched]:
     """A slot was freed: run a cycle unless another dispatcher is running one."""
-    return run_cycle(wait=False)
+    return run_cycle(wait=False, locked=locked)
+
+
+def refill_lock_sql(tenant_id_column: str) -> str:
+    """An expression a finish statement selects to decide, in its own round trip,
+    whether a refill cycle is worth running, taking the dispatch lock (without
+    waiting) if so.
+
+    Worth it when there is ready work and either the platform has 10% of
+    DISPATCH_MAX_ACTIVE free, or the finishing job's tenant could take a quarter of
+    its (effective) limit: small limits are refilled on every finish, large ones in
+    chunks instead of one cycle per finish. Counts are taken in the statement's
+    snapshot, where the finishing job is still active, hence the + 1.
+    """
+    return f"""(SELECT CASE WHEN EXISTS (
+                SELECT 1 FROM jobs_job q WHERE q.status = 'queued' AND q.run_at <= statement_timestamp()
+            ) AND (
+                f.global_free >= GREATEST(1, %(max_active)s::int / 10)
+                OR LEAST(f.tenant_free, f.global_free) >= GREATEST(1, LEAST(f.lim, %(max_active)s::int) / 4)
+            )
+            THEN pg_try_advisory_xact_lock({DISPATCH_LOCK[0]}, {DISPATCH_LOCK[1]}) ELSE false END
+        FROM (
+            SELECT t.concurrency_limit AS lim,
+                   t.concurrency_limit + 1 - (SELECT count(*) FROM jobs_job a
+                        WHERE a.tenant_id = t.id AND a.status IN ('dispatched', 'running')) AS tenant_free,
+                   %(max_active)s::int + 1 - (SELECT count(*) FROM jobs_job g
+                        WHERE g.status IN ('dispatched', 'running')) AS global_free
+            FROM jobs_tenant t WHERE t.id = {tenant_id_column}
+        ) f)"""
 
 
 def send_dispatched(rows: list[Dispatched]) -> None:

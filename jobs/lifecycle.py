@@ -188,20 +188,20 @@ WITH j AS (
     UPDATE jobs_job SET
         status = 'running',
         attempts = attempts + 1,
-        lease_token = %(lease)s,
-        lease_owner = %(worker)s,
-        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        lease_token = %(lease)s::uuid,
+        lease_owner = %(worker)s::varchar,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s::float8),
         timeout_at = now() + make_interval(secs => timeout_seconds),
         started_at = COALESCE(started_at, now()),
         updated_at = now()
-    WHERE id = %(id)s AND status = 'dispatched' AND dispatch_token = %(token)s
+    WHERE id = %(id)s::uuid AND status = 'dispatched' AND dispatch_token = %(token)s::uuid
     RETURNING id, tenant_id, task, payload, attempts, max_attempts
 ), e AS (
     INSERT INTO jobs_execution (job_id, attempt, status, worker, lease_token, started_at)
-    SELECT id, attempts, 'running', %(worker)s, %(lease)s, now() FROM j
+    SELECT id, attempts, 'running', %(worker)s::varchar, %(lease)s::uuid, now() FROM j
 ), ev AS (
     INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, created_at)
-    SELECT id, tenant_id, 'started', attempts, %(worker)s, now() FROM j
+    SELECT id, tenant_id, 'started', attempts, %(worker)s::varchar, now() FROM j
 )
 SELECT id, tenant_id, task, payload, attempts, max_attempts FROM j
 """
@@ -283,26 +283,26 @@ def record_lock_extension_failed(job_id: UUID, tenant_id: UUID, attempt: int, re
 _FINISH_SQL = """
 WITH j AS (
     UPDATE jobs_job SET
-        status = %(status)s,
-        result = %(result)s,
-        error = %(error)s,
-        run_at = CASE WHEN %(status)s = 'queued' THEN now() + make_interval(secs => %(delay)s) ELSE run_at END,
-        finished_at = CASE WHEN %(status)s = 'queued' THEN NULL ELSE now() END,
-        progress = CASE WHEN %(status)s = 'succeeded' AND progress IS NOT NULL THEN 1 ELSE progress END,
+        status = %(status)s::varchar,
+        result = %(result)s::jsonb,
+        error = %(error)s::jsonb,
+        run_at = CASE WHEN %(status)s::varchar = 'queued' THEN now() + make_interval(secs => %(delay)s::float8) ELSE run_at END,
+        finished_at = CASE WHEN %(status)s::varchar = 'queued' THEN NULL ELSE now() END,
+        progress = CASE WHEN %(status)s::varchar = 'succeeded' AND progress IS NOT NULL THEN 1 ELSE progress END,
         dispatch_token = NULL, dispatch_deadline = NULL,
         lease_token = NULL, lease_expires_at = NULL, timeout_at = NULL,
         updated_at = now()
-    WHERE id = %(id)s AND status = 'running' AND lease_token = %(lease)s
+    WHERE id = %(id)s::uuid AND status = 'running' AND lease_token = %(lease)s::uuid
     RETURNING id, tenant_id, batch_id, parent_id, attempts
 ), e AS (
-    UPDATE jobs_execution SET status = %(exec_status)s, finished_at = now(), error = %(error)s
-    WHERE job_id IN (SELECT id FROM j) AND lease_token = %(lease)s AND status = 'running'
+    UPDATE jobs_execution SET status = %(exec_status)s::varchar, finished_at = now(), error = %(error)s::jsonb
+    WHERE job_id IN (SELECT id FROM j) AND lease_token = %(lease)s::uuid AND status = 'running'
 ), ev AS (
     INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, data, created_at)
-    SELECT id, tenant_id, %(event)s, attempts, %(message)s, %(event_data)s, now() FROM j
+    SELECT id, tenant_id, %(event)s::varchar, attempts, %(message)s::text, %(event_data)s::jsonb, now() FROM j
 )
-SELECT id, tenant_id, batch_id, parent_id, attempts FROM j
-"""
+SELECT id, tenant_id, batch_id, parent_id, attempts, {refill} FROM j
+""".format(refill=dispatch.refill_lock_sql("j.tenant_id"))
 
 
 @dataclass(frozen=True)
@@ -333,15 +333,17 @@ def _finish(
                 "event": event, "result": Jsonb(result) if result is not None else None,
                 "error": Jsonb(error) if error is not None else None, "delay": delay,
                 "message": message, "event_data": Jsonb(event_data) if event_data is not None else None,
+                "max_active": settings.DISPATCH_MAX_ACTIVE,
             },
         )
         row = cursor.fetchone()
     if row is None:
         return None
-    _, tenant_id, batch_id, parent_id, _ = row
+    _, tenant_id, batch_id, parent_id, _, dispatch_locked = row
     if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         hooks.jobs_became_terminal([hooks.TerminalJob(job_id, tenant_id, status, batch_id, parent_id)])
-    dispatch.refill()
+    if dispatch_locked:  # decided and taken in the finish statement (see refill_lock_sql)
+        dispatch.refill(locked=True)
     return tenant_id, batch_id, parent_id
 
 
@@ -416,27 +418,27 @@ def record_stale_result(job_id: UUID, tenant_id: UUID, attempt: int, what: str) 
 _STALL_SQL = """
 WITH j AS (
     UPDATE jobs_job SET
-        status = CASE WHEN stalled_count + 1 > %(max_stalled)s OR attempts >= max_attempts
+        status = CASE WHEN stalled_count + 1 > %(max_stalled)s::int OR attempts >= max_attempts
                       THEN 'failed' ELSE 'queued' END,
-        error = CASE WHEN stalled_count + 1 > %(max_stalled)s
-                     THEN %(stalled_error)s
-                     WHEN attempts >= max_attempts THEN %(lost_error)s
+        error = CASE WHEN stalled_count + 1 > %(max_stalled)s::int
+                     THEN %(stalled_error)s::jsonb
+                     WHEN attempts >= max_attempts THEN %(lost_error)s::jsonb
                      ELSE error END,
-        finished_at = CASE WHEN stalled_count + 1 > %(max_stalled)s OR attempts >= max_attempts
+        finished_at = CASE WHEN stalled_count + 1 > %(max_stalled)s::int OR attempts >= max_attempts
                       THEN now() ELSE NULL END,
         stalled_count = stalled_count + 1,
         run_at = now(),
         dispatch_token = NULL, dispatch_deadline = NULL,
         lease_token = NULL, lease_expires_at = NULL, timeout_at = NULL,
         updated_at = now()
-    WHERE id = %(id)s AND status = 'running' AND lease_token = %(lease)s
+    WHERE id = %(id)s::uuid AND status = 'running' AND lease_token = %(lease)s::uuid
     RETURNING id, tenant_id, batch_id, parent_id, attempts, status, stalled_count
 ), e AS (
-    UPDATE jobs_execution SET status = 'lost', finished_at = now(), error = %(lost_error)s
-    WHERE job_id IN (SELECT id FROM j) AND lease_token = %(lease)s AND status = 'running'
+    UPDATE jobs_execution SET status = 'lost', finished_at = now(), error = %(lost_error)s::jsonb
+    WHERE job_id IN (SELECT id FROM j) AND lease_token = %(lease)s::uuid AND status = 'running'
 ), ev AS (
     INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, created_at)
-    SELECT id, tenant_id, 'stalled', attempts, %(reason)s, now() FROM j
+    SELECT id, tenant_id, 'stalled', attempts, %(reason)s::text, now() FROM j
 )
 SELECT id, tenant_id, batch_id, parent_id, attempts, status, stalled_count FROM j
 """
@@ -614,14 +616,14 @@ WITH j AS (
         dispatch_token = NULL, dispatch_deadline = NULL,
         lease_token = NULL, lease_owner = '', lease_expires_at = NULL, timeout_at = NULL,
         updated_at = now()
-    WHERE id = %(id)s AND status = 'running' AND lease_token = %(lease)s
+    WHERE id = %(id)s::uuid AND status = 'running' AND lease_token = %(lease)s::uuid
     RETURNING id, tenant_id, attempts
 ), e AS (
     UPDATE jobs_execution SET status = 'suspended', finished_at = now()
-    WHERE job_id IN (SELECT id FROM j) AND lease_token = %(lease)s AND status = 'running'
+    WHERE job_id IN (SELECT id FROM j) AND lease_token = %(lease)s::uuid AND status = 'running'
 ), ev AS (
     INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, data, created_at)
-    SELECT id, tenant_id, 'suspended', attempts + 1, %(message)s, %(data)s, now() FROM j
+    SELECT id, tenant_id, 'suspended', attempts + 1, %(message)s::text, %(data)s, now() FROM j
 )
 SELECT tenant_id FROM j
 """
@@ -655,7 +657,7 @@ WITH j AS (
     RETURNING id, tenant_id, attempts
 ), ev AS (
     INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, data, created_at)
-    SELECT id, tenant_id, 'resumed', attempts + 1, %(message)s, %(data)s, now() FROM j
+    SELECT id, tenant_id, 'resumed', attempts + 1, %(message)s::text, %(data)s, now() FROM j
 )
 SELECT id, tenant_id FROM j
 """
@@ -668,7 +670,7 @@ def resume_in_tx(waitpoint_id: UUID, job_id: UUID | None = None) -> list[UUID]:
     Returns the ids that moved. An empty list means none was waiting on it any more
     (already resumed, cancelled, or waiting on something else): nothing to do.
     """
-    sql = _RESUME_SQL.format(job_filter="AND id = %(id)s" if job_id is not None else "")
+    sql = _RESUME_SQL.format(job_filter="AND id = %(id)s::uuid" if job_id is not None else "")
     with connection.cursor() as cursor:
         cursor.execute(
             sql,

@@ -59,7 +59,7 @@ def queue_jobs(tenant: Tenant, n: int, task: str = "examples.echo", payload: Any
                 max_attempts=3, timeout_seconds=60)
             for _ in range(n)
         ],
-        batch_size=5000,
+        batch_size=1000,
     )
 
 
