@@ -196,6 +196,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": None,
+    # The common error shape for every DRF view, the schema endpoint included.
+    "EXCEPTION_HANDLER": "jobs.api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "batchplatform API",
