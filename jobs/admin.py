@@ -10,16 +10,18 @@ from uuid import UUID
 from django.contrib import admin, messages
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
 from . import lifecycle, registry
 from .console import (
+    NEXT_FIELD,
     ActionReport,
     EstimatedCountPaginator,
     badge,
@@ -206,9 +208,38 @@ class DeadLetterFilter(admin.SimpleListFilter):
 
 
 class ReadOnlyMixin:
-    """State changes only through actions; forms never write these rows."""
+    """State changes only through actions; forms never write these rows.
+
+    The object's page offers the same actions as buttons: they post to the
+    changelist's action endpoint with this one row selected and come back here.
+    """
 
     change_form_template = "admin/console/readonly_change_form.html"
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        actions = [
+            (name, description % {"verbose_name_plural": opts.verbose_name_plural})
+            for _, name, description in self.get_actions(request).values()  # type: ignore[attr-defined]
+        ]
+        extra = {
+            "console_actions": actions,
+            "console_object_id": object_id,
+            "console_changelist": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+            "console_next": request.get_full_path(),
+        }
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})  # type: ignore[misc]
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
+        response = super().response_action(request, queryset)  # type: ignore[misc]
+        next_url = request.POST.get(NEXT_FIELD, "")
+        if isinstance(response, HttpResponseRedirect) and url_has_allowed_host_and_scheme(
+            next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            return HttpResponseRedirect(next_url)
+        return response
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

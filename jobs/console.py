@@ -178,6 +178,7 @@ class ActionReport:
 # --- confirmation pages ----------------------------------------------------------------
 
 CONFIRM_SHOWN = 100
+NEXT_FIELD = "_console_next"  # where an action started from an object's page returns to
 
 
 def confirmed(request: HttpRequest) -> bool:
@@ -210,6 +211,8 @@ def confirm_page(
         "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
         "select_across": request.POST.get("select_across", "0"),
         "checkbox_name": ACTION_CHECKBOX_NAME,
+        "next_field": NEXT_FIELD,
+        "next": request.POST.get(NEXT_FIELD, ""),
         "reason_label": reason_label,
         "reason_default": reason_default,
         "model_name": capfirst(opts.verbose_name_plural),

@@ -155,3 +155,38 @@ def test_job_rows_cannot_be_added_changed_or_deleted_through_forms(
     assert statuses(job) == ["failed"]
     for model in ("execution", "jobevent"):
         assert admin_client.get(reverse(f"admin:jobs_{model}_add")).status_code == 403
+
+
+def test_a_job_page_offers_the_permitted_actions_and_comes_back_after_running_one(
+    staff_factory: Callable[..., Client], job_in: Callable[..., Job]
+) -> None:
+    operator = staff_factory("jobs.view_job", "jobs.requeue_job", "jobs.cancel_job")
+    failed, queued = job_in("failed"), job_in("queued")
+    page_url = reverse("admin:jobs_job_change", args=[failed.id])
+
+    page = operator.get(page_url).content.decode()
+    assert 'id="bp-action-requeue_jobs"' in page and 'id="bp-action-cancel_jobs"' in page
+    assert 'id="bp-action-repair_jobs"' not in page  # not permitted
+
+    response = operator.post(CHANGELIST, {
+        "action": "requeue_jobs", ACTION_CHECKBOX_NAME: [str(failed.id)], "index": "0", "_console_next": page_url,
+    })
+    assert response.status_code == 302 and response["Location"] == page_url
+    assert statuses(failed) != ["failed"]
+
+    # A destructive one goes through its confirmation page and still comes back.
+    queued_url = reverse("admin:jobs_job_change", args=[queued.id])
+    data = {"action": "cancel_jobs", ACTION_CHECKBOX_NAME: [str(queued.id)], "index": "0", "_console_next": queued_url}
+    confirm = operator.post(CHANGELIST, data)
+    assert f'name="_console_next" value="{queued_url}"' in confirm.content.decode()
+    done = operator.post(CHANGELIST, {**data, "confirm": "yes"})
+    assert done["Location"] == queued_url and statuses(queued) == ["cancelled"]
+
+
+def test_an_action_never_redirects_off_site(admin_client: Client, job_in: Callable[..., Job]) -> None:
+    failed = job_in("failed")
+    response = admin_client.post(CHANGELIST, {
+        "action": "requeue_jobs", ACTION_CHECKBOX_NAME: [str(failed.id)], "index": "0",
+        "_console_next": "https://evil.example/",
+    })
+    assert response.status_code == 302 and response["Location"] == CHANGELIST
