@@ -11,7 +11,8 @@ from uuid import UUID
 
 from django.contrib import admin
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -277,8 +278,12 @@ class WaitpointAdmin(ReadOnlyMixin, admin.ModelAdmin):
     readonly_fields = ["status_badge", "output_shown"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Waitpoint]:
-        waiting = Count("waiting_jobs", filter=Q(waiting_jobs__status="waiting"))
-        return super().get_queryset(request).annotate(waiting_count=waiting)
+        # A correlated count per row on the partial waiting index, not a GROUP BY over a join.
+        waiting = (
+            Job.objects.filter(waiting_for=OuterRef("pk"), status="waiting")
+            .order_by().values("waiting_for").annotate(n=Count("id")).values("n")
+        )
+        return super().get_queryset(request).annotate(waiting_count=Coalesce(Subquery(waiting), 0))
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Waitpoint], search_term: str

@@ -448,7 +448,7 @@ class ExecutionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     paginator = EstimatedCountPaginator
     show_full_result_count = False
     date_hierarchy = "started_at"
-    ordering = ["-started_at"]
+    ordering = ["-id"]  # insertion order through the primary key index, no sort of the table
     search_fields = ["worker"]
     search_help_text = "A job id (exact) or a worker name."
 
