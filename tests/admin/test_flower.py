@@ -43,14 +43,18 @@ def test_procfile_runs_flower_behind_basic_auth_from_the_environment() -> None:
 
 
 @pytest.mark.slow
-def test_flower_starts_and_answers_401_without_auth_and_200_with_it(tmp_path: Path) -> None:
+def test_flower_from_the_procfile_answers_401_without_auth_and_200_with_it(tmp_path: Path) -> None:
+    """`make run` is `honcho start -f Procfile`; run just its flower line, as written."""
     port = free_port()
     log = open(tmp_path / "flower.log", "w")
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "CELERY_SKIP_CHECKS": "1",
+        "FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": "ops:s3cret",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "batchplatform", "flower", "--address=127.0.0.1",
-         f"--port={port}", "--basic-auth=ops:s3cret", f"--db={tmp_path / 'flower.db'}"],
-        cwd=ROOT, env={**os.environ, "CELERY_SKIP_CHECKS": "1"}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [str(Path(bin_dir) / "honcho"), "start", "-f", "Procfile", "flower"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/"
     try:
