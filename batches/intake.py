@@ -10,8 +10,10 @@ run_count, in the same update) queues the callback if it comes second.
 
 import hashlib
 import json
+import select
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -27,7 +29,9 @@ from .lifecycle import BatchClosed
 from .models import BatchStatus
 
 CHUNK_ITEMS = 2000
-# Children are queued as lines arrive: a partial chunk is written once it is this old.
+# Children are queued as lines arrive: a partial chunk is written once it is this old,
+# or as soon as the client has sent nothing more for now (`idle`, see read_lines'
+# callers), so a trickling stream's items never wait for the next line.
 FLUSH_SECONDS = 0.05
 _ITEM_KEYS = {"payload", "task", "index"}
 
@@ -68,22 +72,48 @@ class IntakeResult:
 # --- reading and parsing ----------------------------------------------------------------
 
 
-def read_lines(readline: Callable[[int], bytes]) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded object) for each non-blank line of a byte stream.
+class LineSplitter:
+    """Lines (without their newline) from an iterable of byte pieces as they arrive.
 
-    Holds one line at a time; a line over BATCH_ITEM_MAX_BYTES raises a 413 ItemError
-    without reading the rest of it.
+    Holds at most one partial line plus one piece; a line over BATCH_ITEM_MAX_BYTES
+    raises a 413 ItemError as soon as that is known. `at_boundary` is True when every
+    complete line received so far has been handed out (the next one needs more data).
     """
+
+    def __init__(self, pieces: Iterable[bytes]):
+        self.pieces = pieces
+        self.at_boundary = True
+
+    def __iter__(self) -> Iterator[bytes]:
+        limit = settings.BATCH_ITEM_MAX_BYTES
+        partial = b""
+        line_no = 0
+        for piece in self.pieces:
+            if not piece:
+                continue
+            lines = (partial + piece if partial else piece).split(b"\n")
+            partial = lines.pop()
+            self.at_boundary = False
+            last = len(lines) - 1
+            for i, line in enumerate(lines):
+                line_no += 1
+                if len(line) > limit + 1:  # + a CR
+                    raise ItemError(line_no, f"line is larger than {limit} bytes", code="payload_too_large")
+                self.at_boundary = i == last
+                yield line
+            self.at_boundary = True
+            if len(partial) > limit + 1:
+                raise ItemError(line_no + 1, f"line is larger than {limit} bytes", code="payload_too_large")
+        if partial:
+            yield partial
+
+
+def read_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded object) for each non-blank line."""
     limit = settings.BATCH_ITEM_MAX_BYTES
-    line_no = 0
-    while True:
-        raw = readline(limit + 2)
-        if not raw:
-            return
-        line_no += 1
-        if not raw.endswith(b"\n") and len(raw) > limit:
-            raise ItemError(line_no, f"line is larger than {limit} bytes", code="payload_too_large")
-        raw = raw.rstrip(b"\r\n")
+    for line_no, raw in enumerate(lines, start=1):
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
         if len(raw) > limit:
             raise ItemError(line_no, f"line is larger than {limit} bytes", code="payload_too_large")
         if not raw.strip():
@@ -97,6 +127,23 @@ def read_lines(readline: Callable[[int], bytes]) -> Iterator[tuple[int, Any]]:
 def parse_objects(items: list[Any]) -> Iterator[tuple[int, Any]]:
     """Inline items of a phase-1 create: line n is item n-1."""
     return ((i + 1, obj) for i, obj in enumerate(items))
+
+
+def socket_idle(sock: socket.socket | None) -> Callable[[], bool]:
+    """A probe: True when nothing more is waiting on the client's socket right now.
+    (Data a server already buffered reads without blocking; flushing early then only
+    makes a chunk smaller.)"""
+    if sock is None:
+        return lambda: False
+
+    def idle() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    return idle
 
 
 class _Context:
@@ -274,6 +321,7 @@ def _run(
     objects: Iterator[tuple[int, Any]],
     flush: Callable[[list[Item]], tuple[IntakeResult, int | None]],
     ctx: _Context,
+    idle: Callable[[], bool] = lambda: False,
 ) -> IntakeResult:
     pending: list[Item] = []
     seen: dict[int, str] = {}  # index → hash within the pending chunk only (bounded)
@@ -291,7 +339,7 @@ def _run(
                 continue
             seen[item.index] = item.payload_hash
             pending.append(item)
-            if len(pending) >= CHUNK_ITEMS or time.monotonic() - started >= FLUSH_SECONDS:
+            if len(pending) >= CHUNK_ITEMS or time.monotonic() - started >= FLUSH_SECONDS or idle():
                 result, bad = flush(pending)
                 pending, seen, started = [], {}, time.monotonic()
                 if bad is not None:
@@ -313,8 +361,13 @@ def _with_error(result: IntakeResult, error: ItemError) -> IntakeResult:
     return IntakeResult(result.batch_id, result.sealed, result.enqueued_count, result.run_count, result.status, error)
 
 
-def add_items(batch_id: UUID, objects: Iterator[tuple[int, Any]]) -> IntakeResult:
+def add_items(
+    batch_id: UUID, objects: Iterator[tuple[int, Any]], idle: Callable[[], bool] = lambda: False
+) -> IntakeResult:
     """Phase 2: write the stream's items, one committed chunk at a time.
+
+    `idle()` says whether the client has sent nothing more yet: the pending items
+    are written then, rather than after the next line (which may be far off).
 
     Raises BatchClosed (cancelled or aborted). A bad line ends the call with
     `error` set; the items before it are kept (their chunks are committed).
@@ -329,7 +382,7 @@ def add_items(batch_id: UUID, objects: Iterator[tuple[int, Any]]) -> IntakeResul
         result, _ = _flush_in_tx(batch_id, ctx, [])
     if result.sealed:
         return result  # already sealed or completed: 200 sealed, nothing to read
-    return _run(batch_id, objects, flush, ctx)
+    return _run(batch_id, objects, flush, ctx, idle)
 
 
 def add_items_in_tx(batch_id: UUID, objects: Iterator[tuple[int, Any]]) -> IntakeResult:

@@ -218,9 +218,19 @@ def queue_callback_on_commit(batch_id: UUID) -> None:
 
 
 def queue_fail_fast_on_commit(batch_id: UUID) -> None:
-    from .tasks import fail_fast_batch
+    """Cancel the rest right after the failing child's transaction commits, in this
+    process: a message would wait behind the very children it is meant to stop.
+    Not inside that transaction: cancelling siblings while holding the batch row
+    would invert the lock order of their own finishes. If this process dies first,
+    the sweeper's `batch_fail_fast_lost` place does it."""
 
-    transaction.on_commit(lambda: fail_fast_batch.delay(str(batch_id)))
+    def run() -> None:
+        try:
+            fail_fast(batch_id)
+        except Exception:
+            logger.exception("fail_fast of batch %s failed; the sweeper will retry", batch_id)
+
+    transaction.on_commit(run)
 
 
 _RECOUNT_SQL = """

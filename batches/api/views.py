@@ -2,7 +2,6 @@
 jobs.api.limits, validate, call one batches.lifecycle / intake function, serialise.
 Every lookup is scoped to the key's tenant: another tenant's id is a 404."""
 
-from collections.abc import Callable
 from uuid import UUID
 
 from django.conf import settings
@@ -19,6 +18,7 @@ from jobs.api.pagination import KeysetPagination
 from jobs.api.views import ApiView
 from jobs.models import Job
 
+from .body import body_pieces, client_socket
 from .serializers import (
     BatchCreateSerializer,
     BatchResultPageSerializer,
@@ -84,19 +84,6 @@ class BatchDetailView(BatchMixin, ApiView):
         return Response(BatchSerializer(self.get_batch(batch_id)).data)
 
 
-def body_readline(request: Request) -> Callable[[int], bytes]:
-    """Line reader over the raw body, never buffering it whole. A chunked body has no
-    Content-Length, so Django's stream would look empty: read the server's de-chunked
-    WSGI input instead (gunicorn de-chunks)."""
-    if limits.is_chunked(request):
-        stream = request.META.get("wsgi.input")
-        if stream is not None:
-            return stream.readline  # type: ignore[no-any-return]
-    if not limits.content_length(request):
-        return lambda size: b""
-    return request._request.readline  # type: ignore[no-any-return]
-
-
 class BatchItemsView(BatchMixin, ApiView):
     @extend_schema(
         operation_id="batches_items", summary="Stream items (phase 2, NDJSON)", parameters=[BATCH_ID],
@@ -115,7 +102,11 @@ class BatchItemsView(BatchMixin, ApiView):
         limits.require_media_type(request, NDJSON)
         batch = self.get_batch(batch_id)
         try:
-            result = intake.add_items(batch.id, intake.read_lines(body_readline(request)))
+            lines = intake.LineSplitter(body_pieces(request))
+            socket_idle = intake.socket_idle(client_socket(request))
+            result = intake.add_items(
+                batch.id, intake.read_lines(lines), idle=lambda: lines.at_boundary and socket_idle()
+            )
         except lifecycle.BatchClosed as exc:
             raise ApiError(409, "batch_closed", f"batch is {exc.args[0]}; it takes no more items") from None
         if result.error is not None:
