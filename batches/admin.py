@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from jobs import dashboard
-from jobs.admin import ReadOnlyMixin, StuckFilter, admin_link, age, parse_uuid, short
+from jobs.admin import ReadOnlyMixin, StuckFilter, age, parse_uuid, short
 from jobs.console import (
     ActionReport,
     EstimatedCountPaginator,

@@ -27,6 +27,7 @@ from .console import (
     badge,
     confirm_page,
     confirmed,
+    dead_letter_q,
     operator,
     place_label,
     place_names,
@@ -36,7 +37,6 @@ from .console import (
     repair_now,
     stuck_ids,
 )
-from .lifecycle import STALLED_MESSAGE
 from .models import ACTIVE_STATUSES, ApiKey, Execution, Job, JobEvent, JobStatus, Tenant
 
 
@@ -187,13 +187,6 @@ class StuckFilter(admin.SimpleListFilter):
         if not value:
             return queryset
         return queryset.filter(pk__in=stuck_ids(None if value == "any" else value))
-
-
-def dead_letter_q() -> Q:
-    """Failed for good: attempts exhausted, or stalled more than allowed."""
-    return Q(status=JobStatus.FAILED) & (
-        Q(attempts__gte=F("max_attempts")) | Q(error__type="Stalled") | Q(error__message=STALLED_MESSAGE)
-    )
 
 
 class DeadLetterFilter(admin.SimpleListFilter):

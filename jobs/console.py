@@ -19,7 +19,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Model, QuerySet
+from django.db.models import F, Model, Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.functional import cached_property
@@ -79,6 +79,18 @@ def pretty_json(value: Any) -> SafeString | str:
     if value is None:
         return "-"
     return format_html('<pre style="margin:0;white-space:pre-wrap">{}</pre>', json.dumps(value, indent=2)[:20000])
+
+
+# --- dead letters ------------------------------------------------------------------
+
+
+def dead_letter_q() -> Q:
+    """Failed for good: attempts exhausted, or stalled more than allowed."""
+    from .lifecycle import STALLED_MESSAGE
+
+    return Q(status="failed") & (
+        Q(attempts__gte=F("max_attempts")) | Q(error__type="Stalled") | Q(error__message=STALLED_MESSAGE)
+    )
 
 
 # --- paginator ----------------------------------------------------------------------

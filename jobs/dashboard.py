@@ -10,7 +10,6 @@ their status, the last hour through the finished_at and event type indexes, and
 stuck places through the sweeper's own finders (capped at their chunk size).
 """
 
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -18,7 +17,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import admin
 from django.db import connection
-from django.db.models import Count, F, Q
+from django.db.models import Count
 from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -116,9 +115,7 @@ def _throughput() -> dict[str, Any]:
 
 
 def _dead_letters() -> int:
-    dead = Job.objects.filter(status=JobStatus.FAILED).filter(
-        Q(attempts__gte=F("max_attempts")) | Q(error__type="Stalled")
-    )
+    dead = Job.objects.filter(console.dead_letter_q())
     return dead.order_by()[: console.EXACT_COUNT_CAP + 1].count()
 
 
