@@ -143,3 +143,25 @@ def test_a_place_that_fails_is_reported_and_does_not_stop_the_sweep(
     code, text = monitor()
     assert code == 1 and "broken_place" in text and "ERROR" in text
     assert job.events.filter(type="repaired").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_broker_backlog_and_dead_letters_are_shown_but_are_not_stuck(tenant: Tenant, broker: Any) -> None:
+    from tests.conftest import purge_queues
+
+    purge_queues(broker)
+    lifecycle.submit(tenant, "examples.echo", 1)  # no worker: its message waits in Redis
+    dead = lifecycle.submit(tenant, "examples.echo", 2).job
+    dead.refresh_from_db()
+    attempt = lifecycle.start(dead.id, dead.dispatch_token, "w")
+    assert attempt is not None
+    lifecycle.fail(dead.id, attempt.lease_token, attempt=1, max_attempts=1, error=lifecycle.error_dict("E", "x"))
+
+    code, report = monitor_json()
+    assert code == 0  # monitoring only: a backlog or a failed job is not stuck work
+    assert report["broker_backlog"]["batchplatform"] == 2
+    assert report["dead_letters"] == 1
+    code, text = monitor()
+    assert "Broker backlog (messages waiting): batchplatform=2" in text
+    assert "Dead letters (failed jobs an operator may requeue): 1" in text
+    purge_queues(broker)
