@@ -43,6 +43,14 @@ def make_job(tenant: Tenant, status: str, task: str = "examples.echo", **submit:
     return job
 
 
+def finish_children(batch: Any) -> None:
+    """Run every child of `batch` to success through the worker's transitions."""
+    for child in Job.objects.filter(batch=batch):
+        attempt = lifecycle.start(child.id, child.dispatch_token, "w-test@host")
+        assert attempt is not None
+        assert lifecycle.succeed(child.id, attempt.lease_token, {"i": child.batch_index}).won
+
+
 @pytest.fixture
 def job_in(tenant: Tenant) -> Callable[..., Job]:
     def make(status: str, **kwargs: Any) -> Job:

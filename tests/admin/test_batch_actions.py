@@ -13,7 +13,7 @@ from batches import lifecycle as batches
 from batches.models import Batch, Waitpoint
 from jobs import lifecycle
 from jobs.models import Job, Tenant
-from tests.admin.conftest import make_job, messages_of
+from tests.admin.conftest import finish_children, make_job, messages_of
 
 BATCHES = "/admin/batches/batch/"
 WAITPOINTS = "/admin/batches/waitpoint/"
@@ -46,13 +46,6 @@ def waiting_parent(tenant: Tenant, type_: str = "batch") -> tuple[Job, Waitpoint
     with transaction.atomic():
         assert lifecycle.suspend_in_tx(parent.id, parent.lease_token, waitpoint.id)
     return fresh(parent), waitpoint
-
-
-def finish_children(batch: Batch) -> None:
-    for child in Job.objects.filter(batch=batch):
-        attempt = lifecycle.start(child.id, child.dispatch_token, "w-test@host")
-        assert attempt is not None
-        assert lifecycle.succeed(child.id, attempt.lease_token, {"i": child.batch_index}).won
 
 
 def test_cancel_batches_asks_first_then_cancels_open_ones_and_skips_closed_ones(

@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from jobs import sweeper
 from jobs.models import Job, Tenant
+from tests.admin.conftest import finish_children
 
 DASHBOARD = "/admin/operations/"
 FRAGMENT = "/admin/operations/fragment/"
@@ -78,3 +79,25 @@ def test_dashboard_is_a_bounded_number_of_queries_whatever_the_tenants_and_jobs(
     # Fixed queries plus one per stuck place (finder or counter, in a savepoint in tests).
     with django_assert_max_num_queries(20 + 3 * len(sweeper.PLACES)):
         assert admin_client.get(FRAGMENT).status_code == 200
+
+
+def test_batch_and_waitpoint_places_link_to_their_own_changelists(
+    admin_client: Client, tenant: Tenant
+) -> None:
+    from batches import lifecycle as batches
+    from batches.models import Batch, Waitpoint
+
+    batch = batches.create_batch(tenant, task="examples.echo", run_count=2, items=[{"payload": 1}, {"payload": 2}]).batch
+    finish_children(batch)  # its callback goes out on commit, which never comes here: lost
+    Batch.objects.filter(id=batch.id).update(updated_at=Now() - timedelta(hours=1))
+    waitpoint, _ = batches.create_waitpoint(tenant.id, "token", timeout_seconds=60)
+    Waitpoint.objects.filter(id=waitpoint.id).update(timeout_at=Now() - timedelta(seconds=5))
+
+    places = {p["name"]: p for p in admin_client.get(DASHBOARD).context["places"]}
+
+    lost = places["batch_callback_lost"]
+    assert lost["count"] == 1 and lost["url"].startswith("/admin/batches/batch/?stuck=")
+    assert [b.id for b in admin_client.get(lost["url"]).context["cl"].result_list] == [batch.id]
+    expired = places["waitpoint_past_timeout"]
+    assert expired["count"] == 1 and expired["url"].startswith("/admin/batches/waitpoint/?stuck=")
+    assert [w.id for w in admin_client.get(expired["url"]).context["cl"].result_list] == [waitpoint.id]
