@@ -12,7 +12,7 @@ from uuid import UUID
 
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from . import registry, sweeper
 from .models import JobStatus
@@ -78,7 +78,9 @@ def place_statuses(tenant_id: UUID | None = None) -> list[PlaceStatus]:
     statuses = []
     for place in list(sweeper.PLACES):
         try:
-            n, oldest = place.measure(tenant_id)
+            # A savepoint: a failing count must not poison a caller's transaction.
+            with transaction.atomic():
+                n, oldest = place.measure(tenant_id)
             statuses.append(PlaceStatus(place.name, n, oldest, place.description))
         except Exception as exc:
             logger.exception("counting stuck place %s failed", place.name)
