@@ -104,3 +104,26 @@ def test_job_page_of_a_job_among_100000_is_a_bounded_number_of_queries(
     with django_assert_max_num_queries(MAX_QUERIES):
         response = admin_client.get(reverse("admin:jobs_job_change", args=[job.id]))
     assert response.status_code == 200
+
+
+@pytest.mark.slow
+def test_event_and_execution_changelists_over_100000_rows_are_bounded_without_a_full_count(
+    admin_client: Client, many_jobs: Tenant, django_assert_max_num_queries: Any
+) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO jobs_jobevent (job_id, tenant_id, type, attempt, message, created_at) "
+            "SELECT id, tenant_id, 'created', NULL, '', created_at FROM jobs_job"
+        )
+        cursor.execute(
+            "INSERT INTO jobs_execution (job_id, attempt, status, worker, lease_token, started_at, finished_at) "
+            "SELECT id, 1, 'succeeded', 'w1', gen_random_uuid(), created_at, created_at FROM jobs_job"
+        )
+    for url in ["/admin/jobs/jobevent/", "/admin/jobs/jobevent/?type__exact=created&p=5",
+                "/admin/jobs/execution/", "/admin/jobs/execution/?status__exact=succeeded"]:
+        with django_assert_max_num_queries(MAX_QUERIES, info=url) as captured:
+            response = admin_client.get(url)
+        assert response.status_code == 200, url
+        counts = [q["sql"] for q in captured.captured_queries
+                  if re.search(r"count\(", q["sql"], re.I) and "LIMIT" not in q["sql"]]
+        assert counts == [], url
