@@ -11,6 +11,7 @@ counters built from event counts never go down.
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -120,8 +121,12 @@ def prune(
     events_seconds: float | None = None,
     chunk: int | None = None,
     max_chunks: int = 10_000,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> PruneReport:
-    """One full prune; each argument defaults to its RETENTION_* setting."""
+    """One full prune; each argument defaults to its RETENTION_* setting.
+
+    `should_stop` is checked between chunks (each chunk is its own transaction, so
+    stopping there leaves nothing half done)."""
     chunk = chunk or settings.RETENTION_CHUNK
     report = PruneReport()
     steps = [
@@ -131,6 +136,8 @@ def prune(
     ]
     for name, step, age in steps:
         for _ in range(max_chunks):
+            if should_stop():
+                break
             n = step(age, chunk)
             setattr(report, name, getattr(report, name) + n)
             if n < chunk:

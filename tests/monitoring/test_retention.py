@@ -136,3 +136,17 @@ def test_prune_is_scheduled_daily_by_beat() -> None:
     entry = app.conf.beat_schedule["prune"]
     assert entry["task"] == "jobs.prune"
     assert entry["schedule"] == timedelta(seconds=settings.RETENTION_INTERVAL_SECONDS) == timedelta(days=1)
+
+
+@pytest.mark.django_db
+def test_prune_stops_between_chunks_when_asked(tenant: Tenant) -> None:
+    for _ in range(4):
+        finished_job(tenant)
+    calls: list[int] = []
+
+    def stop_after_first_chunk() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    report = prune(chunk=2, should_stop=stop_after_first_chunk)
+    assert report.jobs == 2 and Job.objects.count() == 2

@@ -1,3 +1,4 @@
+import signal
 from argparse import ArgumentParser
 from typing import Any
 
@@ -28,12 +29,17 @@ class Command(BaseCommand):
                 raise CommandError("ages must be positive")
         if chunk is not None and chunk < 1:
             raise CommandError("--chunk must be at least 1")
+        stopping: list[int] = []
+        # SIGTERM stops after the current chunk's transaction, not in the middle of it.
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
         report = retention.prune(
             jobs_seconds=jobs_days * 86400 if jobs_days else None,
             executions_seconds=executions_days * 86400 if executions_days else None,
             events_seconds=events_days * 86400 if events_days else None,
             chunk=chunk,
+            should_stop=lambda: bool(stopping),
         )
         self.stdout.write(
             f"pruned {report.jobs} job(s), {report.executions} execution(s), {report.events} event(s)"
+            + (" (stopped early by SIGTERM)" if stopping else "")
         )
