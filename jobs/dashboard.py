@@ -7,7 +7,8 @@ seconds as an HTML fragment, so it refreshes without a full page reload.
 
 Every query here is bounded: unfinished counts go through the partial indexes of
 their status, the last hour through the finished_at and event type indexes, and
-stuck places through the sweeper's own finders (capped at their chunk size).
+stuck places through jobs.monitoring (each place's own SQL, the same the sweeper
+acts on).
 """
 
 from datetime import timedelta
