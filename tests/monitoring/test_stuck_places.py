@@ -206,3 +206,21 @@ def test_worker_restarted_under_its_name_recovers_its_job_before_the_lease_expir
     assert first_execution.status == "lost" and first_execution.finished_at < lease_expires_at
     assert effects(broker, job) == {1: 1, 2: 1}
     assert job.result == {"attempt": 2}
+
+
+def test_beat_sweeper_heals_a_killed_worker_with_nobody_watching(
+    monitored_worker: Callable[..., Worker], tenant: Tenant, broker: redis.Redis
+) -> None:
+    doomed = monitored_worker()
+    job = lifecycle.submit(tenant, "monitoring.nap", {"seconds": 60, "slow_attempts": 1}, max_attempts=3).job
+    wait_until(lambda: effects(broker, job).get(1) == 1, what="attempt 1 running")
+    job.refresh_from_db()
+    assert job.lease_owner == doomed.hostname
+    monitored_worker(beat=True)  # the platform as deployed: a worker and beat's periodic sweep
+    doomed.kill()
+
+    wait_for_status(job, "succeeded")
+    assert repairs(job, "lease_expired") == 1 and repairs(job) == 1
+    assert effects(broker, job) == {1: 1, 2: 1}
+    assert job.events.filter(type="succeeded").count() == 1
+    wait_until(lambda: monitor()[0] == 0 and health()[0] == 200, what="monitoring to see a healthy system")
