@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from . import metrics_hooks
+from .failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +229,7 @@ def send_dispatched(rows: list[Dispatched]) -> None:
     from .tasks import run_job
 
     grace = max(5.0, min(60.0, settings.JOB_LEASE_SECONDS))
+    failpoint("before_publish")
     try:
         with run_job.app.producer_or_acquire() as producer:
             for row in rows:

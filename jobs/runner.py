@@ -201,6 +201,7 @@ def with_db_retry(fn: Callable[[], T], attempts: int = 5) -> T:
 def run(job_id: UUID, dispatch_token: UUID, worker: str) -> str:
     """Run one delivery of a job's message. Returns what happened, for logs and tests."""
     close_old_connections()
+    failpoint("before_start")
     attempt = with_db_retry(lambda: lifecycle.start(job_id, dispatch_token, worker))
     if attempt is None:
         logger.info("stale delivery of job %s ignored (token %s)", job_id, dispatch_token)
