@@ -21,6 +21,17 @@ from tests.workers import Worker, wait_until
 
 
 @pytest.fixture
+def sweeper_paused(transactional_db: None) -> Iterator[None]:
+    """Hold the sweep lock as if another sweeper were busy, so a worker's startup
+    sweep skips and nothing repairs the stuck job behind the operator's back."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s, %s)", list(sweeper.SWEEP_LOCK))
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", list(sweeper.SWEEP_LOCK))
+
+
+@pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
     driver = chromium()
     yield driver
@@ -39,7 +50,7 @@ def text_of(driver: webdriver.Chrome, selector: str) -> str:
 
 @pytest.mark.slow
 def test_operator_follows_a_stuck_link_and_requeues_a_dead_letter_that_then_succeeds(
-    live_server: object, browser: webdriver.Chrome, worker_factory: Callable[..., Worker],
+    live_server: object, browser: webdriver.Chrome, sweeper_paused: None, worker_factory: Callable[..., Worker],
     tenant_factory: Callable[..., Tenant], django_user_model: type,
 ) -> None:
     django_user_model.objects.create_superuser("ops", "ops@example.com", "correct horse battery")  # type: ignore[attr-defined]
@@ -51,11 +62,7 @@ def test_operator_follows_a_stuck_link_and_requeues_a_dead_letter_that_then_succ
     Job.objects.filter(id=stuck.id).update(lease_expires_at=Now() - timedelta(seconds=30))
     for _ in range(2):
         make_job(tenant, "succeeded")
-    # No beat, and the sweep lock held as if another sweeper were busy: the worker's
-    # startup sweep skips, so nothing repairs the stuck job behind the operator's back.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s, %s)", list(sweeper.SWEEP_LOCK))
-    worker_factory()
+    worker_factory()  # no beat; its startup sweep skips (sweeper_paused)
     base = str(live_server)
 
     # Log in.
