@@ -40,6 +40,7 @@ def two_sweepers_at_once() -> list[sweeper.SweepReport]:
         thread.join(timeout=120)
     assert not errors, errors
     assert len(reports) == 2 and all(not r.errors for r in reports), [r.errors for r in reports]
+    print("moved by each sweeper:", [r.counts() for r in reports])
     return reports
 
 
