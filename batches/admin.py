@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from jobs import dashboard
-from jobs.admin import ReadOnlyMixin, StuckFilter, age, parse_uuid, short
+from jobs.admin import ReadOnlyMixin, StuckFilter, age, parse_uuid, short, timestamp
 from jobs.console import (
     ActionReport,
     EstimatedCountPaginator,
@@ -125,14 +125,24 @@ class BatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "id", "tenant", "task", "status_badge", "sealed", "progress_shown", "outcome", "on_child_failure",
             "children_shown",
         ]}),
-        ("Times", {"fields": ["created_at", "sealed_at", "seal_deadline", "completed_at", "updated_at"]}),
+        ("Times", {"fields": [
+            "created_at_exact", "sealed_at_exact", "seal_deadline_exact", "completed_at_exact", "updated_at_exact",
+        ]}),
         ("Relations", {"fields": ["parent", "waitpoint"]}),
         ("Internal", {"classes": ["collapse"], "fields": [
             "run_count", "enqueued_count", "completed_count", "succeeded_count", "failed_count", "cancelled_count",
             "max_attempts", "timeout_seconds", "idempotency_key", "request_hash",
         ]}),
     ]
-    readonly_fields = ["status_badge", "progress_shown", "outcome", "children_shown"]
+    readonly_fields = [
+        "status_badge", "progress_shown", "outcome", "children_shown", "created_at_exact", "sealed_at_exact",
+        "seal_deadline_exact", "completed_at_exact", "updated_at_exact",
+    ]
+    created_at_exact = timestamp("created_at")
+    sealed_at_exact = timestamp("sealed_at")
+    seal_deadline_exact = timestamp("seal_deadline")
+    completed_at_exact = timestamp("completed_at")
+    updated_at_exact = timestamp("updated_at")
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Batch], search_term: str
@@ -273,9 +283,12 @@ class WaitpointAdmin(ReadOnlyMixin, admin.ModelAdmin):
     actions = ["complete_waitpoints", "complete_waitpoints_with_error"]
     fields = [
         "id", "tenant", "type", "status_badge", "output_shown", "output_is_error", "owner_job", "owner_seq", "run",
-        "created_at", "timeout_at", "completed_at", "idempotency_key",
+        "created_at_exact", "timeout_at_exact", "completed_at_exact", "idempotency_key",
     ]
-    readonly_fields = ["status_badge", "output_shown"]
+    readonly_fields = ["status_badge", "output_shown", "created_at_exact", "timeout_at_exact", "completed_at_exact"]
+    created_at_exact = timestamp("created_at")
+    timeout_at_exact = timestamp("timeout_at")
+    completed_at_exact = timestamp("completed_at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Waitpoint]:
         # A correlated count per row on the partial waiting index, not a GROUP BY over a join.

@@ -184,3 +184,14 @@ def test_batch_page_shows_the_first_children_and_links_to_the_rest_with_bounded_
         assert admin_client.get(BATCHES).status_code == 200
     with django_assert_max_num_queries(12):
         assert admin_client.get(WAITPOINTS).status_code == 200
+
+
+def test_waitpoint_page_shows_its_output_and_its_actions(
+    admin_client: Client, tenant: Tenant
+) -> None:
+    _, token = waiting_parent(tenant, "token")
+    page = admin_client.get(reverse("admin:batches_waitpoint_change", args=[token.id]))
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert 'id="bp-action-complete_waitpoints"' in html and 'id="bp-action-complete_waitpoints_with_error"' in html
+    assert 'name="output"' not in html  # a view, not a form

@@ -12,6 +12,8 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+from batches import lifecycle as batches
+from batches.models import Batch
 from jobs import sweeper
 from jobs.models import Job, Tenant
 from tests.admin.browser import chromium, screenshot
@@ -62,6 +64,9 @@ def test_operator_follows_a_stuck_link_and_requeues_a_dead_letter_that_then_succ
     Job.objects.filter(id=stuck.id).update(lease_expires_at=Now() - timedelta(seconds=30))
     for _ in range(2):
         make_job(tenant, "succeeded")
+    batch = batches.create_batch(
+        tenant, task="examples.echo", run_count=30, items=[{"payload": {"i": i}} for i in range(30)]
+    ).batch
     worker_factory()  # no beat; its startup sweep skips (sweeper_paused)
     base = str(live_server)
 
@@ -116,6 +121,13 @@ def test_operator_follows_a_stuck_link_and_requeues_a_dead_letter_that_then_succ
     assert len(executions) == 2
     assert "requeued" in text_of(browser, "#events-group")
     screenshot(browser, "job")
+
+    # The batch ran on the same worker: its page shows the progress and the first children.
+    wait_until(lambda: Batch.objects.get(id=batch.id).status == "completed", 60, interval=0.2, what="batch done")
+    browser.get(f"{base}/admin/batches/batch/{batch.id}/change/")
+    assert text_of(browser, ".field-status_badge .readonly") == "completed"
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".field-children_shown tbody tr")) == 20
+    screenshot(browser, "batch")
 
     # Back on the dashboard: nothing stuck, the repair listed with its cause.
     browser.get(base + "/admin/operations/")
