@@ -192,7 +192,7 @@ def refill(locked: bool = False) -> list[Dispatched]:
     return run_cycle(wait=False, locked=locked)
 
 
-def refill_lock_sql(tenant_id_column: str) -> str:
+def refill_lock_sql(tenant_id_column: str, requeued: str = "false") -> str:
     """An expression a finish statement selects to decide, in its own round trip,
     whether a refill cycle is worth running, taking the dispatch lock (without
     waiting) if so.
@@ -201,11 +201,13 @@ def refill_lock_sql(tenant_id_column: str) -> str:
     DISPATCH_MAX_ACTIVE free, or the finishing job's tenant could take a quarter of
     its (effective) limit: small limits are refilled on every finish, large ones in
     chunks instead of one cycle per finish. Counts are taken in the statement's
-    snapshot, where the finishing job is still active, hence the + 1.
+    snapshot, where the finishing job is still active, hence the + 1; for the same
+    reason a job the statement itself requeues (`requeued`, an SQL boolean) counts as
+    ready work although the EXISTS cannot see it.
     """
-    return f"""(SELECT CASE WHEN EXISTS (
+    return f"""(SELECT CASE WHEN ({requeued} OR EXISTS (
                 SELECT 1 FROM jobs_job q WHERE q.status = 'queued' AND q.run_at <= statement_timestamp()
-            ) AND (
+            )) AND (
                 f.global_free >= GREATEST(1, %(max_active)s::int / 10)
                 OR LEAST(f.tenant_free, f.global_free) >= GREATEST(1, LEAST(f.lim, %(max_active)s::int) / 4)
             )

@@ -302,7 +302,7 @@ WITH j AS (
     SELECT id, tenant_id, %(event)s::varchar, attempts, %(message)s::text, %(event_data)s::jsonb, now() FROM j
 )
 SELECT id, tenant_id, batch_id, parent_id, attempts, {refill} FROM j
-""".format(refill=dispatch.refill_lock_sql("j.tenant_id"))
+""".format(refill=dispatch.refill_lock_sql("j.tenant_id", requeued="%(status)s::varchar = 'queued'"))
 
 
 @dataclass(frozen=True)

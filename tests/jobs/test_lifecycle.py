@@ -264,3 +264,15 @@ def test_a_job_life_costs_three_commits_and_the_same_statements_for_the_1st_and_
     assert first_commits == last_commits == 3
     assert len(first) == len(last)
     assert Job.objects.filter(status="succeeded").count() == 1000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_immediate_retry_is_dispatched_in_the_failing_transaction(tenant: Tenant) -> None:
+    job = lifecycle.submit(tenant, "examples.fail", {"fail_times": 1}, max_attempts=3).job
+    attempt = start(job)
+    outcome = lifecycle.fail(
+        job.id, attempt.lease_token, attempt=1, max_attempts=3, error=lifecycle.error_dict("E", "x")
+    )
+    assert outcome.status == "queued" and outcome.retry_delay == 0
+    job.refresh_from_db()
+    assert job.status == "dispatched"  # no beat tick needed
