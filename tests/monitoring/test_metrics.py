@@ -58,7 +58,7 @@ def test_stuck_items_and_repairs_show_in_metrics(tenant: Tenant) -> None:
 @pytest.mark.slow
 def test_metrics_move_when_jobs_run(worker_factory: Callable[..., Worker], tenant: Tenant) -> None:
     before = scrape()
-    worker_factory()
+    worker_factory(beat=True)  # beat dispatches the retry when its backoff ends
     jobs = [lifecycle.submit(tenant, "examples.echo", i).job for i in range(3)]
     failing = lifecycle.submit(tenant, "examples.fail", {"fail_times": 1, "value": "ok"}, max_attempts=3).job
     wait_until(
