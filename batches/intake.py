@@ -8,7 +8,6 @@ children can finish before the stream ends, and the seal (enqueued_count reachin
 run_count, in the same update) queues the callback if it comes second.
 """
 
-import hashlib
 import json
 import select
 import socket
@@ -51,8 +50,8 @@ class Item:
     line: int
     index: int
     task: str
-    payload_json: str  # canonical JSON
-    payload_hash: str
+    payload: Any
+    copy_row: bytes  # the staging row in COPY text format, the line's own JSON included
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,12 @@ class LineSplitter:
             yield partial
 
 
-def read_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded object) for each non-blank line."""
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, Any, bytes]]:
+    """(line number, decoded object, raw line) for each non-blank line."""
     limit = settings.BATCH_ITEM_MAX_BYTES
     for line_no, raw in enumerate(lines, start=1):
         if raw.endswith(b"\r"):
@@ -119,14 +122,20 @@ def read_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, Any]]:
         if not raw.strip():
             continue
         try:
-            yield line_no, json.loads(raw)
-        except ValueError as exc:
+            obj = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
             raise ItemError(line_no, f"line is not valid JSON: {exc}") from None
+        yield line_no, obj, raw
 
 
-def parse_objects(items: list[Any]) -> Iterator[tuple[int, Any]]:
+def parse_objects(items: list[Any]) -> Iterator[tuple[int, Any, bytes]]:
     """Inline items of a phase-1 create: line n is item n-1."""
-    return ((i + 1, obj) for i, obj in enumerate(items))
+    for i, obj in enumerate(items):
+        try:
+            raw = json.dumps(obj, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise ItemError(i + 1, f"item is not valid JSON: {exc}") from None
+        yield i + 1, obj, raw
 
 
 def socket_idle(sock: socket.socket | None) -> Callable[[], bool]:
@@ -170,25 +179,37 @@ class _Context:
         return cached
 
 
-def to_item(line: int, position: int, obj: Any, ctx: _Context) -> Item:
+def to_item(line: int, position: int, obj: Any, raw: bytes, ctx: _Context) -> Item:
     if not isinstance(obj, dict) or "payload" not in obj:
         raise ItemError(line, 'each line must be an object with a "payload"')
-    extra = set(obj) - _ITEM_KEYS
-    if extra:
-        raise ItemError(line, f"unknown field(s): {', '.join(sorted(extra))}")
+    if len(obj) > 1 and not _ITEM_KEYS.issuperset(obj):
+        raise ItemError(line, f"unknown field(s): {', '.join(sorted(set(obj) - _ITEM_KEYS))}")
     index = obj.get("index", position)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < ctx.run_count:
         raise ItemError(line, f"index must be an integer from 0 to {ctx.run_count - 1}")
     task = obj.get("task") or ctx.task
     if not isinstance(task, str) or not task:
         raise ItemError(line, "the item has no task and the batch has no default task")
-    ctx.spec(task, line)
+    queue, max_attempts, timeout = ctx.spec(task, line)
+    if b"\\u" in raw:
+        _check_postgres_text(line, obj["payload"])
+    # The line's own JSON goes to Postgres as is (no re-serialising); COPY text
+    # format only needs backslashes doubled (valid JSON has no raw tab or newline).
+    copy_row = b"%d\t%d\t%s\t%s\t%d\t%r\t%s\n" % (
+        line, index, task.encode(), queue.encode(), max_attempts, timeout, raw.replace(b"\\", b"\\\\"),
+    )
+    return Item(line, index, task, obj["payload"], copy_row)
+
+
+def _check_postgres_text(line: int, payload: Any) -> None:
+    """jsonb refuses NUL characters and lone surrogates that JSON allows as escapes."""
     try:
-        payload_json = json.dumps(obj["payload"], sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except ValueError as exc:
-        raise ItemError(line, f"payload is not valid JSON: {exc}") from None
-    digest = hashlib.sha256(f"{task}\0{payload_json}".encode()).hexdigest()  # = jobs.lifecycle.payload_hash
-    return Item(line, index, task, payload_json, digest)
+        text = json.dumps(payload, ensure_ascii=False)
+        text.encode()
+    except (UnicodeEncodeError, ValueError):
+        raise ItemError(line, "payload holds an invalid Unicode escape (a lone surrogate)") from None
+    if "\\u0000" in text:  # json.dumps keeps control characters escaped
+        raise ItemError(line, "payload holds a NUL character, which is not supported")
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -202,36 +223,38 @@ WHERE b.id = %s
 
 _STAGING_SQL = """
 CREATE TEMP TABLE batch_intake (
-    line int, idx int, task text, queue text, max_attempts int, timeout_seconds float8,
-    payload jsonb, payload_hash text
+    line int, idx int, task text, queue text, max_attempts int, timeout_seconds float8, item jsonb
 ) ON COMMIT DELETE ROWS
 """
 
-# Earliest line whose index already holds another task or payload.
+# Earliest line whose index already holds another task or payload (jsonb equality:
+# key order and spacing do not matter).
 _MISMATCH_SQL = """
 SELECT min(s.line) FROM batch_intake s
 JOIN jobs_job j ON j.batch_id = %s AND j.batch_index = s.idx
-WHERE j.payload_hash <> s.payload_hash
+WHERE j.task <> s.task OR j.payload IS DISTINCT FROM s.item -> 'payload'
 """
 
+# Children get no `created` event: their batch records their creation, and at
+# intake rates the extra row (and its foreign-key checks) would halve throughput.
 _INSERT_SQL = """
 WITH src AS (
-    SELECT gen_random_uuid() AS id, s.* FROM batch_intake s WHERE s.line < %(before)s
+    SELECT gen_random_uuid() AS id, s.line, s.idx, s.task, s.queue, s.max_attempts, s.timeout_seconds,
+           s.item -> 'payload' AS payload
+    FROM batch_intake s WHERE s.line < %(before)s
 ), ins AS (
     INSERT INTO jobs_job (
         id, tenant_id, task, queue, status, payload, payload_hash, attempts, max_attempts,
         stalled_count, priority, timeout_seconds, batch_id, batch_index, parent_id, root_id,
         lease_owner, created_at, run_at, updated_at
     )
-    SELECT id, %(tenant)s, task, queue, 'queued', payload, payload_hash, 0, max_attempts,
-           0, %(priority)s, timeout_seconds, %(batch)s, idx, %(parent)s, COALESCE(%(root)s::uuid, id),
-           '', now(), now(), now()
+    SELECT id, %(tenant)s, task, queue, 'queued', payload,
+           encode(sha256(convert_to(task || chr(31) || payload::text, 'UTF8')), 'hex'),
+           0, max_attempts, 0, %(priority)s, timeout_seconds, %(batch)s, idx, %(parent)s,
+           COALESCE(%(root)s::uuid, id), '', now(), now(), now()
     FROM src
     ON CONFLICT (batch_id, batch_index) WHERE batch_id IS NOT NULL DO NOTHING
-    RETURNING id, tenant_id
-), ev AS (
-    INSERT INTO jobs_jobevent (job_id, tenant_id, type, message, created_at)
-    SELECT id, tenant_id, 'created', '', now() FROM ins
+    RETURNING 1
 )
 SELECT count(*) FROM ins
 """
@@ -248,12 +271,6 @@ UPDATE batches_batch SET
 WHERE id = %(id)s
 RETURNING enqueued_count, run_count, sealed, completed_count, status
 """
-
-
-def _copy_text(value: str) -> str:
-    # COPY text format: backslash is the escape character. json.dumps (ensure_ascii)
-    # never emits a raw tab or newline, so doubling backslashes is enough.
-    return value.replace("\\", "\\\\")
 
 
 def _status_in_tx(batch_id: UUID) -> tuple[int, int, bool, str]:
@@ -279,16 +296,10 @@ def _flush_in_tx(batch_id: UUID, ctx: _Context, items: list[Item]) -> tuple[Inta
             cursor.execute(_STAGING_SQL)
         else:
             cursor.execute("DELETE FROM batch_intake")
-        rows = "".join(
-            f"{it.line}\t{it.index}\t{it.task}\t{q}\t{ma}\t{to}\t{_copy_text(it.payload_json)}\t{it.payload_hash}\n"
-            for it in items
-            for q, ma, to in (ctx.spec(it.task, it.line),)
-        )
         with cursor.copy(
-            "COPY batch_intake (line, idx, task, queue, max_attempts, timeout_seconds, payload, payload_hash) "
-            "FROM STDIN"
+            "COPY batch_intake (line, idx, task, queue, max_attempts, timeout_seconds, item) FROM STDIN"
         ) as copy:
-            copy.write(rows)
+            copy.write(b"".join(it.copy_row for it in items))
         cursor.execute(_MISMATCH_SQL, [batch_id])
         bad_line = cursor.fetchone()[0]
         cursor.execute(
@@ -318,26 +329,26 @@ def _load_context(batch_id: UUID) -> _Context:
 
 def _run(
     batch_id: UUID,
-    objects: Iterator[tuple[int, Any]],
+    objects: Iterator[tuple[int, Any, bytes]],
     flush: Callable[[list[Item]], tuple[IntakeResult, int | None]],
     ctx: _Context,
     idle: Callable[[], bool] = lambda: False,
 ) -> IntakeResult:
     pending: list[Item] = []
-    seen: dict[int, str] = {}  # index → hash within the pending chunk only (bounded)
+    seen: dict[int, tuple[str, Any]] = {}  # index → (task, payload) within the pending chunk only
     started = time.monotonic()
     result: IntakeResult | None = None
     position = 0
     try:
-        for line, obj in objects:
-            item = to_item(line, position, obj, ctx)
+        for line, obj, raw in objects:
+            item = to_item(line, position, obj, raw, ctx)
             position += 1
             previous = seen.get(item.index)
             if previous is not None:
-                if previous != item.payload_hash:
+                if previous != (item.task, item.payload):
                     raise ItemError(line, f"index {item.index} was already received with another payload")
                 continue
-            seen[item.index] = item.payload_hash
+            seen[item.index] = (item.task, item.payload)
             pending.append(item)
             if len(pending) >= CHUNK_ITEMS or time.monotonic() - started >= FLUSH_SECONDS or idle():
                 result, bad = flush(pending)
@@ -362,7 +373,7 @@ def _with_error(result: IntakeResult, error: ItemError) -> IntakeResult:
 
 
 def add_items(
-    batch_id: UUID, objects: Iterator[tuple[int, Any]], idle: Callable[[], bool] = lambda: False
+    batch_id: UUID, objects: Iterator[tuple[int, Any, bytes]], idle: Callable[[], bool] = lambda: False
 ) -> IntakeResult:
     """Phase 2: write the stream's items, one committed chunk at a time.
 
@@ -385,7 +396,7 @@ def add_items(
     return _run(batch_id, objects, flush, ctx, idle)
 
 
-def add_items_in_tx(batch_id: UUID, objects: Iterator[tuple[int, Any]]) -> IntakeResult:
+def add_items_in_tx(batch_id: UUID, objects: Iterator[tuple[int, Any, bytes]]) -> IntakeResult:
     """The same in the caller's transaction (inline items of a create, a handler's
     batch_trigger_and_wait): all or nothing."""
     ctx = _load_context(batch_id)

@@ -128,9 +128,7 @@ def batch_trigger_and_wait(
             max_attempts=max_attempts, timeout_seconds=timeout_seconds,
             parent=_parent(ctx), waitpoint=waitpoint,
         )
-        result = intake.add_items_in_tx(
-            created.batch.id, ((i + 1, {"payload": p}) for i, p in enumerate(items))
-        )
+        result = intake.add_items_in_tx(created.batch.id, intake.parse_objects([{"payload": p} for p in items]))
         if result.error is not None:
             raise PermanentError(f"item {result.error.line}: {result.error.message}")
         return waitpoint

@@ -14,6 +14,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count
 
 import tests.batches.tasks  # noqa: F401  (registers the test handlers in this process too)
 from batches import intake, lifecycle
@@ -41,10 +42,19 @@ def wait_batch(batch_id: uuid.UUID, *statuses: str, timeout: float = 120) -> Bat
 
 
 def wait_job(job_id: uuid.UUID, *statuses: str, timeout: float = 120) -> Job:
-    wait_until(
-        lambda: Job.objects.filter(id=job_id, status__in=statuses).exists(),
-        timeout, interval=0.1, what=f"job {job_id} to reach {statuses}",
-    )
+    try:
+        wait_until(
+            lambda: Job.objects.filter(id=job_id, status__in=statuses).exists(),
+            timeout, interval=0.1, what=f"job {job_id} to reach {statuses}",
+        )
+    except AssertionError:
+        job = Job.objects.get(id=job_id)
+        batches = list(Batch.objects.filter(parent_id=job_id).values())
+        children = dict(
+            Job.objects.filter(batch__parent_id=job_id).values_list("status").annotate(n=Count("id")).order_by()
+        )
+        events = list(job.events.values_list("type", "message"))
+        raise AssertionError(f"job {job.status} {job.error}; events {events}; batches {batches}; children {children}")
     return Job.objects.get(id=job_id)
 
 
@@ -426,7 +436,7 @@ def test_unsealed_batch_is_aborted_at_its_seal_deadline_and_its_waiter_goes_on(
     start_workers(worker_factory, concurrency=2, beat=True)
     waitpoint, _ = lifecycle.create_waitpoint(tenant.id, "batch")
     batch = lifecycle.create_batch(tenant, task="examples.echo", run_count=3, waitpoint=waitpoint).batch
-    assert not intake.add_items(batch.id, iter([(1, {"payload": "only one"})])).sealed
+    assert not intake.add_items(batch.id, intake.parse_objects([{"payload": "only one"}])).sealed
     waiter = jobs_lifecycle.submit(tenant, "examples.wait_token", {"waitpoint": str(waitpoint.id)}).job
     wait_job(waiter.id, "waiting")
 
