@@ -112,12 +112,18 @@ class JobsCollector(Collector):
         oldest = GaugeMetricFamily(
             f"{PREFIX}_oldest_running_job_seconds", "Age of the oldest running attempt per tenant.", labels=["tenant"]
         )
+        queued = GaugeMetricFamily(
+            f"{PREFIX}_oldest_ready_queued_job_seconds",
+            "How long the longest-waiting ready queued job has been ready, per tenant.", labels=["tenant"],
+        )
         for t in snap.tenants:
             for status, n in t.counts.items():
                 jobs.add_metric([t.slug, status], n)
             oldest.add_metric([t.slug], t.oldest_running_seconds or 0.0)
+            queued.add_metric([t.slug], t.oldest_ready_queued_seconds or 0.0)
         yield jobs
         yield oldest
+        yield queued
 
         stuck = GaugeMetricFamily(
             f"{PREFIX}_stuck_jobs", "Items stuck in each sweeper place (NaN: counting failed).", labels=["place"]

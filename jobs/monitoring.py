@@ -40,6 +40,8 @@ class TenantJobs:
     counts: dict[str, int]
     oldest_running_seconds: float | None
     oldest_running_id: str | None
+    # How long the longest-waiting ready job has been ready (starvation shows here).
+    oldest_ready_queued_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,21 @@ def tenant_jobs(tenant_id: UUID | None = None) -> list[TenantJobs]:
             params,
         )
         running = {row[0]: (float(row[1]), str(row[2])) for row in cursor.fetchall()}
+        cursor.execute(
+            "SELECT tenant_id, EXTRACT(EPOCH FROM now() - min(run_at)) FROM jobs_job "
+            "WHERE status = 'queued' AND run_at <= now()" + (" AND tenant_id = %s" if tenant_id else "")
+            + " GROUP BY tenant_id",
+            params,
+        )
+        waiting = {row[0]: float(row[1]) for row in cursor.fetchall()}
     tenants: dict[UUID, TenantJobs] = {}
     for tid, slug, status, n in counts_rows:
         entry = tenants.get(tid)
         if entry is None:
             age, oldest = running.get(tid, (None, None))
-            entry = tenants[tid] = TenantJobs(str(tid), slug, {s.value: 0 for s in JobStatus}, age, oldest)
+            entry = tenants[tid] = TenantJobs(
+                str(tid), slug, {s.value: 0 for s in JobStatus}, age, oldest, waiting.get(tid)
+            )
         if status is not None:
             entry.counts[status] = int(n)
     return list(tenants.values())

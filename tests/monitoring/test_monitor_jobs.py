@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -165,3 +166,24 @@ def test_broker_backlog_and_dead_letters_are_shown_but_are_not_stuck(tenant: Ten
     assert "Broker backlog (messages waiting): batchplatform=2" in text
     assert "Dead letters (failed jobs an operator may requeue): 1" in text
     purge_queues(broker)
+
+
+@pytest.mark.django_db
+def test_an_unreachable_broker_shows_as_unknown_backlog_not_as_a_crash(tenant: Tenant, settings: Any) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    code, report = monitor_json()
+    assert code == 0 and report["broker_backlog"] == {"batchplatform": None}
+    code, text = monitor()
+    assert "batchplatform=?" in text
+
+
+@pytest.mark.django_db
+def test_the_oldest_ready_queued_job_shows_how_long_work_has_waited(tenant_factory: Callable[..., Tenant]) -> None:
+    full = tenant_factory(slug="full", concurrency_limit=1)
+    lifecycle.submit(full, "examples.echo", 1)
+    waiting = lifecycle.submit(full, "examples.echo", 2).job  # over the limit: queued
+    Job.objects.filter(id=waiting.id).update(run_at=waiting.run_at - timedelta(minutes=10))
+
+    code, report = monitor_json("--tenant", "full")
+    assert code == 0  # a full tenant's backlog is waiting for capacity, not stuck
+    assert 590 < report["tenants"][0]["oldest_ready_queued_seconds"] < 3600

@@ -45,14 +45,15 @@ class Command(BaseCommand):
         width = max([6, *(len(t.slug) for t in snap.tenants)])
         self.stdout.write("Jobs by tenant")
         self.stdout.write(
-            f"  {'tenant':<{width}} " + " ".join(f"{s:>10}" for s in statuses) + "  oldest running"
+            f"  {'tenant':<{width}} " + " ".join(f"{s:>10}" for s in statuses) + "  ready for  oldest running"
         )
         for t in snap.tenants:
             oldest = _age(t.oldest_running_seconds)
             if t.oldest_running_id:
                 oldest += f" (job {t.oldest_running_id})"
             self.stdout.write(
-                f"  {t.slug:<{width}} " + " ".join(f"{t.counts.get(s, 0):>10}" for s in statuses) + f"  {oldest}"
+                f"  {t.slug:<{width}} " + " ".join(f"{t.counts.get(s, 0):>10}" for s in statuses)
+                + f"  {_age(t.oldest_ready_queued_seconds):>9}  {oldest}"
             )
         if not snap.tenants:
             self.stdout.write("  (no tenants)")
