@@ -57,15 +57,15 @@ def test_operator_follows_a_stuck_link_and_requeues_a_dead_letter_that_then_succ
 ) -> None:
     django_user_model.objects.create_superuser("ops", "ops@example.com", "correct horse battery")  # type: ignore[attr-defined]
     tenant = tenant_factory(slug="acme", concurrency_limit=4)
-    tenant_factory(slug="globex")
+    other = tenant_factory(slug="globex")
     # Real states, made before the worker starts so it cannot race the setup.
     dead = make_job(tenant, "failed")
     stuck = make_job(tenant, "running")
     Job.objects.filter(id=stuck.id).update(lease_expires_at=Now() - timedelta(seconds=30))
     for _ in range(2):
         make_job(tenant, "succeeded")
-    batch = batches.create_batch(
-        tenant, task="examples.echo", run_count=30, items=[{"payload": {"i": i}} for i in range(30)]
+    batch = batches.create_batch(  # another tenant's, so acme's row below stays exact while it runs
+        other, task="examples.echo", run_count=30, items=[{"payload": {"i": i}} for i in range(30)]
     ).batch
     worker_factory()  # no beat; its startup sweep skips (sweeper_paused)
     base = str(live_server)
