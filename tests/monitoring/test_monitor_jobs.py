@@ -37,6 +37,7 @@ def leave_execution_open(tenant: Tenant) -> Job:
     return job
 
 
+@pytest.mark.slow  # a dozen real `manage.py` processes
 @pytest.mark.django_db(transaction=True)
 def test_monitor_jobs_exits_0_when_healthy_and_1_with_stuck_work(tenant_factory: Callable[..., Tenant]) -> None:
     acme, other = tenant_factory(slug="acme"), tenant_factory(slug="other")
