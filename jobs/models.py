@@ -174,6 +174,7 @@ class Job(models.Model):
             models.Index(fields=["dispatch_deadline"], name="job_dispatched_idx", condition=Q(status="dispatched")),
             models.Index(fields=["waiting_for"], name="job_waiting_idx", condition=Q(status="waiting")),
             models.Index(fields=["tenant", "-created_at"], name="job_tenant_created_idx"),
+            models.Index(fields=["-created_at"], name="job_created_idx"),  # admin list, date hierarchy
             models.Index(fields=["root"], name="job_root_idx"),
             models.Index(fields=["batch", "status"], name="job_batch_status_idx"),
             models.Index(fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)),
