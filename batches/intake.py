@@ -9,8 +9,10 @@ run_count, in the same update) queues the callback if it comes second.
 """
 
 import json
+import queue
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -327,18 +329,79 @@ def _load_context(batch_id: UUID) -> _Context:
     return _Context(row)
 
 
+class _Writer:
+    """Writes chunks in order, here and now; the base of the pipelined writer."""
+
+    def __init__(self, flush: Callable[[list[Item]], tuple[IntakeResult, int | None]], initial: IntakeResult):
+        self._flush = flush
+        self.result = initial
+        self.bad: int | None = None
+
+    def write(self, items: list[Item]) -> None:
+        self.result, self.bad = self._flush(items)
+
+    def stopped(self) -> bool:
+        """Nothing more will be written: a mismatch was found or the batch sealed."""
+        return self.bad is not None or self.result.sealed
+
+    def finish(self) -> tuple[IntakeResult, int | None]:
+        return self.result, self.bad
+
+
+class _PipelinedWriter(_Writer):
+    """Writes each chunk in a second thread, on its own connection, while the caller
+    parses the next: the stream costs the larger of parsing and writing, not their
+    sum. At most one chunk waits, so memory stays bounded."""
+
+    def __init__(self, flush: Callable[[list[Item]], tuple[IntakeResult, int | None]], initial: IntakeResult):
+        super().__init__(flush, initial)
+        self._queue: queue.Queue[list[Item] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batch-intake-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            while (items := self._queue.get()) is not None:
+                if self._stop.is_set():
+                    continue  # drain what the reader sent before it noticed
+                try:
+                    super().write(items)
+                except BaseException as exc:  # re-raised in the caller's thread by finish()
+                    self._error = exc
+                    self._stop.set()
+                    continue
+                if super().stopped():
+                    self._stop.set()
+        finally:
+            connection.close()  # this thread's own connection
+
+    def write(self, items: list[Item]) -> None:
+        self._queue.put(items)
+
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def finish(self) -> tuple[IntakeResult, int | None]:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.result, self.bad
+
+
 def _run(
-    batch_id: UUID,
     objects: Iterator[tuple[int, Any, bytes]],
-    flush: Callable[[list[Item]], tuple[IntakeResult, int | None]],
+    writer: _Writer,
     ctx: _Context,
     idle: Callable[[], bool] = lambda: False,
 ) -> IntakeResult:
     pending: list[Item] = []
     seen: dict[int, tuple[str, Any]] = {}  # index → (task, payload) within the pending chunk only
     started = time.monotonic()
-    result: IntakeResult | None = None
     position = 0
+    item_error: ItemError | None = None
     try:
         for line, obj, raw in objects:
             item = to_item(line, position, obj, raw, ctx)
@@ -351,20 +414,19 @@ def _run(
             seen[item.index] = (item.task, item.payload)
             pending.append(item)
             if len(pending) >= CHUNK_ITEMS or time.monotonic() - started >= FLUSH_SECONDS or idle():
-                result, bad = flush(pending)
+                writer.write(pending)
                 pending, seen, started = [], {}, time.monotonic()
-                if bad is not None:
-                    return _with_error(result, ItemError(bad, "index was already received with another payload"))
-                if result.sealed:
-                    return result  # everything expected is in; ignore what follows
+                if writer.stopped():
+                    break  # a mismatch, or sealed: everything expected is in
     except ItemError as exc:
-        result, bad = flush(pending)
-        if bad is not None:
-            exc = ItemError(bad, "index was already received with another payload")
-        return _with_error(result, exc)
-    result, bad = flush(pending)
-    if bad is not None:
+        item_error = exc  # the items before it are still written
+    if pending and not writer.stopped():
+        writer.write(pending)
+    result, bad = writer.finish()
+    if bad is not None:  # always before any later bad line: chunks are written in order
         return _with_error(result, ItemError(bad, "index was already received with another payload"))
+    if item_error is not None and not result.sealed:
+        return _with_error(result, item_error)
     return result
 
 
@@ -389,15 +451,21 @@ def add_items(
         with transaction.atomic(durable=True):
             return _flush_in_tx(batch_id, ctx, items)
 
-    with transaction.atomic(durable=True):
-        result, _ = _flush_in_tx(batch_id, ctx, [])
-    if result.sealed:
-        return result  # already sealed or completed: 200 sealed, nothing to read
-    return _run(batch_id, objects, flush, ctx, idle)
+    initial, _ = flush([])
+    if initial.sealed:
+        return initial  # already sealed or completed: 200 sealed, nothing to read
+    # Inside an outer transaction (a test's) another connection would not see the
+    # batch: write inline there.
+    writer_class = _Writer if connection.in_atomic_block else _PipelinedWriter
+    return _run(objects, writer_class(flush, initial), ctx, idle)
 
 
 def add_items_in_tx(batch_id: UUID, objects: Iterator[tuple[int, Any, bytes]]) -> IntakeResult:
     """The same in the caller's transaction (inline items of a create, a handler's
     batch_trigger_and_wait): all or nothing."""
     ctx = _load_context(batch_id)
-    return _run(batch_id, objects, lambda items: _flush_in_tx(batch_id, ctx, items), ctx)
+
+    def flush(items: list[Item]) -> tuple[IntakeResult, int | None]:
+        return _flush_in_tx(batch_id, ctx, items)
+
+    return _run(objects, _Writer(flush, flush([])[0]), ctx)

@@ -1,6 +1,6 @@
 """Phase 2 intake against real Postgres: chunks, resume, bad lines, the seal."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.db import connection
@@ -9,6 +9,7 @@ from batches import intake, lifecycle
 from batches.models import Batch
 from jobs.models import Job
 from tests.batches.conftest import ndjson, stream
+from tests.workers import wait_until
 
 
 def children(batch: Batch) -> list[tuple[int, object, str]]:
@@ -172,3 +173,36 @@ def test_a_long_stream_is_written_in_chunks_with_one_dispatch_each(batch_factory
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(DISTINCT batch_index), min(batch_index), max(batch_index) FROM jobs_job WHERE batch_id = %s", [batch.id])
         assert cursor.fetchone() == (n, 0, n - 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pipelined_writer_keeps_chunks_before_a_bad_line_and_reports_it(tenant: object) -> None:
+    n = intake.CHUNK_ITEMS * 3
+    batch = lifecycle.create_batch(tenant, task="examples.echo", run_count=n).batch  # type: ignore[arg-type]
+    good = [{"payload": i} for i in range(intake.CHUNK_ITEMS * 2 + 10)]
+    body = ndjson(good) + b"{oops\n" + ndjson([{"payload": "after"}])
+    assert not connection.in_atomic_block  # the writer thread path
+
+    result = stream(batch, body)
+
+    assert result.error is not None and result.error.line == len(good) + 1
+    assert Job.objects.filter(batch=batch).count() == len(good)
+    assert result.enqueued_count == len(good) and not result.sealed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_cancelled_mid_stream_stops_the_stream_with_batch_closed(tenant: object) -> None:
+    n = intake.CHUNK_ITEMS * 2
+    batch = lifecycle.create_batch(tenant, task="examples.echo", run_count=n).batch  # type: ignore[arg-type]
+
+    def pieces() -> Iterator[bytes]:
+        yield ndjson([{"payload": i} for i in range(intake.CHUNK_ITEMS)])
+        yield ndjson([{"payload": intake.CHUNK_ITEMS}])  # the first chunk is handed to the writer
+        wait_until(lambda: Job.objects.filter(batch=batch).exists(), 30, what="first chunk written")
+        assert lifecycle.cancel_batch(batch.id, "cancelled mid-stream")
+        yield ndjson([{"payload": i} for i in range(intake.CHUNK_ITEMS + 1, n)])
+
+    with pytest.raises(lifecycle.BatchClosed):
+        intake.add_items(batch.id, intake.read_lines(intake.LineSplitter(pieces())))
+    assert set(Job.objects.filter(batch=batch).values_list("status", flat=True)) == {"cancelled"}
+    assert Job.objects.filter(batch=batch).count() == intake.CHUNK_ITEMS
