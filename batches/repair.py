@@ -13,20 +13,11 @@ from django.db import connection, transaction
 from jobs import lifecycle as jobs_lifecycle
 from jobs import metrics_hooks
 from jobs.models import EventType, JobEvent
-from jobs.sweeper import CHUNK, Place
+from jobs.sweeper import Place, SqlQuery
 
 from . import lifecycle
 
 Row = tuple[object, ...]
-
-
-def _rows(sql: str, params: list[object], tenant_id: UUID | None, column: str) -> list[Row]:
-    if tenant_id is not None:
-        sql += f" AND {column} = %s"
-        params = [*params, tenant_id]
-    with connection.cursor() as cursor:
-        cursor.execute(sql + f" LIMIT {CHUNK}", params)
-        return list(cursor.fetchall())
 
 
 def _repaired(job_id: object, tenant_id: object, reason: str) -> None:
@@ -41,14 +32,15 @@ def _grace() -> float:
     return settings.STALLED_INTERVAL_SECONDS
 
 
-def find_waiting_on_completed(tenant_id: UUID | None = None) -> list[Row]:
-    """waiting, but its waitpoint is already completed (the resume was lost)."""
-    return _rows(
-        "SELECT j.id, j.waiting_for_id, j.tenant_id FROM jobs_job j "
-        "JOIN batches_waitpoint w ON w.id = j.waiting_for_id "
-        "WHERE j.status = 'waiting' AND w.status = 'completed'",
-        [], tenant_id, "j.tenant_id",
-    )
+WAITING_ON_COMPLETED = SqlQuery(
+    select="j.id, j.waiting_for_id, j.tenant_id",
+    from_where=(
+        "FROM jobs_job j JOIN batches_waitpoint w ON w.id = j.waiting_for_id "
+        "WHERE j.status = 'waiting' AND w.status = 'completed'"
+    ),
+    order="w.completed_at",
+)
+find_waiting_on_completed = WAITING_ON_COMPLETED.find
 
 
 def repair_waiting_on_completed(row: Row) -> bool:
@@ -60,17 +52,22 @@ def repair_waiting_on_completed(row: Row) -> bool:
     return bool(moved)
 
 
-def find_lost_callbacks(tenant_id: UUID | None = None) -> list[Row]:
-    """Sealed with every child counted but still processing, or completed with its
-    waitpoint still pending: the chord callback never ran (or never finished)."""
-    return _rows(
-        "SELECT b.id, b.tenant_id, b.parent_id FROM batches_batch b "
-        "LEFT JOIN batches_waitpoint w ON w.id = b.waitpoint_id "
+# Sealed with every child counted but still processing, or completed with its
+# waitpoint still pending: the chord callback never ran (or never finished).
+LOST_CALLBACK = SqlQuery(
+    select="b.id, b.tenant_id, b.parent_id",
+    from_where=(
+        "FROM batches_batch b LEFT JOIN batches_waitpoint w ON w.id = b.waitpoint_id "
         "WHERE ((b.status = 'processing' AND b.sealed AND b.completed_count = b.run_count) "
         "OR (b.status = 'completed' AND w.status = 'pending')) "
-        "AND b.updated_at < now() - make_interval(secs => %s)",
-        [_grace()], tenant_id, "b.tenant_id",
-    )
+        "AND b.updated_at < now() - make_interval(secs => %s)"
+    ),
+    order="b.updated_at",
+    params=lambda: [_grace()],
+    tenant_column="b.tenant_id",
+    example="b.id",
+)
+find_lost_callbacks = LOST_CALLBACK.find
 
 
 def repair_lost_callback(row: Row) -> bool:
@@ -89,23 +86,26 @@ _RECOUNT = (
 )
 
 
-def find_drifted_counters(tenant_id: UUID | None = None) -> list[Row]:
-    """Processing batches whose counters differ from a recount of their children.
-
-    Only batches that look stuck are recounted: sealed with no unfinished child yet
-    short of run_count, or untouched for STUCK_BATCH_SECONDS.
-    """
-    return _rows(
-        "SELECT b.id, b.tenant_id, b.parent_id FROM batches_batch b WHERE b.status = 'processing' "
+# Processing batches whose counters differ from a recount of their children. Only
+# batches that look stuck are recounted: sealed with no unfinished child yet short
+# of run_count, or untouched for STUCK_BATCH_SECONDS.
+DRIFTED_COUNTER = SqlQuery(
+    select="b.id, b.tenant_id, b.parent_id",
+    from_where=(
+        "FROM batches_batch b WHERE b.status = 'processing' "
         "AND ((b.sealed AND b.completed_count <> b.run_count AND NOT EXISTS ("
         "  SELECT 1 FROM jobs_job u WHERE u.batch_id = b.id "
         "  AND u.status IN ('queued', 'dispatched', 'running', 'waiting'))) "
         " OR b.updated_at < now() - make_interval(secs => %s)) "
         "AND ROW(b.completed_count::bigint, b.succeeded_count::bigint, b.failed_count::bigint, "
-        "b.cancelled_count::bigint) "
-        f"IS DISTINCT FROM {_RECOUNT}",
-        [settings.STUCK_BATCH_SECONDS], tenant_id, "b.tenant_id",
-    )
+        f"b.cancelled_count::bigint) IS DISTINCT FROM {_RECOUNT}"
+    ),
+    order="b.updated_at",
+    params=lambda: [settings.STUCK_BATCH_SECONDS],
+    tenant_column="b.tenant_id",
+    example="b.id",
+)
+find_drifted_counters = DRIFTED_COUNTER.find
 
 
 def repair_drifted_counter(row: Row) -> bool:
@@ -117,12 +117,17 @@ def repair_drifted_counter(row: Row) -> bool:
     return True
 
 
-def find_unsealed_past_deadline(tenant_id: UUID | None = None) -> list[Row]:
-    return _rows(
-        "SELECT id, tenant_id, parent_id FROM batches_batch "
-        "WHERE status IN ('pending', 'processing') AND NOT sealed AND seal_deadline < now()",
-        [], tenant_id, "tenant_id",
-    )
+UNSEALED = SqlQuery(
+    select="b.id, b.tenant_id, b.parent_id",
+    from_where=(
+        "FROM batches_batch b WHERE b.status IN ('pending', 'processing') AND NOT b.sealed "
+        "AND b.seal_deadline < now()"
+    ),
+    order="b.seal_deadline",
+    tenant_column="b.tenant_id",
+    example="b.id",
+)
+find_unsealed_past_deadline = UNSEALED.find
 
 
 def repair_unsealed(row: Row) -> bool:
@@ -134,15 +139,20 @@ def repair_unsealed(row: Row) -> bool:
     return won
 
 
-def find_fail_fast_pending(tenant_id: UUID | None = None) -> list[Row]:
-    """fail_fast batches with a failed child still processing: the message that
-    should have cancelled the rest was lost."""
-    return _rows(
-        "SELECT id, tenant_id, parent_id FROM batches_batch WHERE status = 'processing' "
-        "AND on_child_failure = 'fail_fast' AND failed_count > 0 "
-        "AND updated_at < now() - make_interval(secs => %s)",
-        [_grace()], tenant_id, "tenant_id",
-    )
+# fail_fast batches with a failed child still processing: the process that should
+# have cancelled the rest died first.
+FAIL_FAST_PENDING = SqlQuery(
+    select="b.id, b.tenant_id, b.parent_id",
+    from_where=(
+        "FROM batches_batch b WHERE b.status = 'processing' AND b.on_child_failure = 'fail_fast' "
+        "AND b.failed_count > 0 AND b.updated_at < now() - make_interval(secs => %s)"
+    ),
+    order="b.updated_at",
+    params=lambda: [_grace()],
+    tenant_column="b.tenant_id",
+    example="b.id",
+)
+find_fail_fast_pending = FAIL_FAST_PENDING.find
 
 
 def repair_fail_fast(row: Row) -> bool:
@@ -154,14 +164,16 @@ def repair_fail_fast(row: Row) -> bool:
     return won
 
 
-def find_expired_waitpoints(tenant_id: UUID | None = None) -> list[Row]:
-    """Pending past timeout_at: a `datetime` waitpoint's time has come; any other
-    completes with a timeout error so nothing waits forever."""
-    return _rows(
-        "SELECT id, tenant_id, owner_job_id, type FROM batches_waitpoint "
-        "WHERE status = 'pending' AND timeout_at < now()",
-        [], tenant_id, "tenant_id",
-    )
+# Pending past timeout_at: a `datetime` waitpoint's time has come; any other
+# completes with a timeout error so nothing waits forever.
+EXPIRED_WAITPOINT = SqlQuery(
+    select="w.id, w.tenant_id, w.owner_job_id, w.type",
+    from_where="FROM batches_waitpoint w WHERE w.status = 'pending' AND w.timeout_at < now()",
+    order="w.timeout_at",
+    tenant_column="w.tenant_id",
+    example="w.id",
+)
+find_expired_waitpoints = EXPIRED_WAITPOINT.find
 
 
 def repair_expired_waitpoint(row: Row) -> bool:
@@ -174,10 +186,16 @@ def repair_expired_waitpoint(row: Row) -> bool:
 
 
 PLACES = [
-    Place("batch_counter_drifted", find_drifted_counters, repair_drifted_counter),
-    Place("batch_callback_lost", find_lost_callbacks, repair_lost_callback),
-    Place("batch_unsealed_past_deadline", find_unsealed_past_deadline, repair_unsealed),
-    Place("batch_fail_fast_lost", find_fail_fast_pending, repair_fail_fast),
-    Place("waitpoint_past_timeout", find_expired_waitpoints, repair_expired_waitpoint),
-    Place("waiting_waitpoint_done", find_waiting_on_completed, repair_waiting_on_completed),
+    Place("batch_counter_drifted", find_drifted_counters, repair_drifted_counter, DRIFTED_COUNTER.count,
+          "batch counters differ from a recount of its children: recounted"),
+    Place("batch_callback_lost", find_lost_callbacks, repair_lost_callback, LOST_CALLBACK.count,
+          "sealed batch with every child counted still processing (chord callback lost): completed"),
+    Place("batch_unsealed_past_deadline", find_unsealed_past_deadline, repair_unsealed, UNSEALED.count,
+          "batch not sealed by its seal deadline: aborted, its waitpoint completed with an error"),
+    Place("batch_fail_fast_lost", find_fail_fast_pending, repair_fail_fast, FAIL_FAST_PENDING.count,
+          "fail_fast batch with a failed child still processing: the rest cancelled"),
+    Place("waitpoint_past_timeout", find_expired_waitpoints, repair_expired_waitpoint, EXPIRED_WAITPOINT.count,
+          "pending waitpoint past timeout_at: completed (a timeout error, or its time for a datetime)"),
+    Place("waiting_waitpoint_done", find_waiting_on_completed, repair_waiting_on_completed,
+          WAITING_ON_COMPLETED.count, "job still waiting on a completed waitpoint: resumed"),
 ]
