@@ -160,6 +160,10 @@ def wait_for_token(ctx: JobContext, waitpoint_id: UUID | str) -> Any:
     """Wait until another service completes the token waitpoint (REST), then return
     its output (or raise WaitpointError if it was completed as an error or timed out)."""
     _next_seq(ctx)
+    try:
+        waitpoint_id = UUID(str(waitpoint_id))
+    except ValueError:
+        raise PermanentError(f"{waitpoint_id!r} is not a waitpoint id") from None
     waitpoint = Waitpoint.objects.filter(id=waitpoint_id, tenant_id=ctx.tenant_id).first()
     if waitpoint is None:
         raise PermanentError(f"waitpoint {waitpoint_id} does not exist")
