@@ -178,6 +178,9 @@ def run_cycle(wait: bool = True, locked: bool = False) -> list[Dispatched]:
         claimed = [Dispatched(*row) for row in cursor.fetchall()]
     if claimed:
         transaction.on_commit(lambda: send_dispatched(claimed))
+        if logger.isEnabledFor(logging.INFO):
+            for row in claimed:
+                logger.info("job_dispatched", extra={"fields": {"job": str(row.id), "queue": row.queue}})
     return claimed
 
 

@@ -226,6 +226,7 @@ def start(job_id: UUID, dispatch_token: UUID, worker: str) -> Attempt | None:
     if row is None:
         return None
     payload = row[3] if not isinstance(row[3], str) else json.loads(row[3])
+    _log("job_started", job=row[0], tenant=row[1], attempt=row[4], worker=worker)
     return Attempt(
         job_id=row[0], tenant_id=row[1], task=row[2], payload=payload,
         attempt=row[4], max_attempts=row[5], lease_token=lease, worker=worker,
@@ -493,6 +494,7 @@ def redispatch_in_tx(job_id: UUID, dispatch_token: UUID) -> bool:
         job_id=job_id, tenant_id=row[0], type=EventType.REDISPATCHED,
         message="dispatched but never started before its deadline",
     )
+    _log("job_redispatched", job=job_id, tenant=row[0])
     dispatch.dispatch_tenant(row[0])
     return True
 
@@ -577,6 +579,8 @@ def cancel_jobs(queryset: Any, reason: str) -> list[UUID]:
     hooks.jobs_became_terminal(
         [hooks.TerminalJob(r[0], r[1], JobStatus.CANCELLED, r[2], r[3]) for r in locked]
     )
+    for r in locked:
+        _log("job_cancelled", job=r[0], tenant=r[1], batch=r[2], reason=reason)
     dispatch.refill()
     return ids
 
@@ -596,6 +600,7 @@ def requeue(job_id: UUID, reason: str = "requeued by operator") -> Job:
     if updated == 0:
         raise InvalidState(f"job is {job.status}")
     JobEvent.objects.create(job=job, tenant_id=job.tenant_id, type=EventType.REQUEUED, message=reason)
+    _log("job_requeued", job=job.id, tenant=job.tenant_id, batch=job.batch_id, reason=reason)
     hooks.job_requeued(job.id, job.batch_id)
     dispatch.dispatch_tenant(job.tenant_id)
     return job
