@@ -29,6 +29,8 @@ from bench import common  # noqa: E402  (sets the environment before Django)
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 CONCURRENCY = int(os.environ.get("BENCH_BATCH_CONCURRENCY", "2"))
+# Which parts to run: "intake", "e2e" (default both), e.g. BENCH_BATCH_PARTS=e2e.
+PARTS = set(os.environ.get("BENCH_BATCH_PARTS", "intake,e2e").split(","))
 PIECE = 64 * 1024
 
 
@@ -229,13 +231,16 @@ def main() -> dict[str, Any]:
         print(f"{name:<28} {shown}", flush=True)
 
     common.reset_tables()
-    for count in (n(10_000), n(100_000)):
-        report(f"batch_intake_inproc_{count}", intake_in_process(count))
-        common.reset_tables()
-    for count in (n(10_000), n(100_000)):
-        report(f"batch_intake_http_{count}", intake_over_http(count))
-        common.reset_tables()
-    common.purge_broker()
+    if "intake" in PARTS:
+        for count in (n(10_000), n(100_000)):
+            report(f"batch_intake_inproc_{count}", intake_in_process(count))
+            common.reset_tables()
+        for count in (n(10_000), n(100_000)):
+            report(f"batch_intake_http_{count}", intake_over_http(count))
+            common.reset_tables()
+        common.purge_broker()
+    if "e2e" not in PARTS:
+        return results
     children = n(10_000)
     ours = batch_end_to_end(children)
     common.reset_tables()
