@@ -30,6 +30,9 @@ from .lifecycle import BatchClosed
 from .models import BatchStatus
 
 CHUNK_ITEMS = 2000
+# ...or fewer when items are large: a chunk never holds much more than this (one
+# chunk is parsed while the previous one is written, so memory is about twice it).
+CHUNK_BYTES = 8 * 1024 * 1024
 # Children are queued as lines arrive: a partial chunk is written once it is this old,
 # or as soon as the client has sent nothing more for now (`idle`, see read_lines'
 # callers), so a trickling stream's items never wait for the next line.
@@ -401,6 +404,7 @@ def _run(
     seen: dict[int, tuple[str, Any]] = {}  # index → (task, payload) within the pending chunk only
     started = time.monotonic()
     position = 0
+    pending_bytes = 0
     item_error: ItemError | None = None
     try:
         for line, obj, raw in objects:
@@ -413,9 +417,13 @@ def _run(
                 continue
             seen[item.index] = (item.task, item.payload)
             pending.append(item)
-            if len(pending) >= CHUNK_ITEMS or time.monotonic() - started >= FLUSH_SECONDS or idle():
+            pending_bytes += len(item.copy_row)
+            if (
+                len(pending) >= CHUNK_ITEMS or pending_bytes >= CHUNK_BYTES
+                or time.monotonic() - started >= FLUSH_SECONDS or idle()
+            ):
                 writer.write(pending)
-                pending, seen, started = [], {}, time.monotonic()
+                pending, seen, started, pending_bytes = [], {}, time.monotonic(), 0
                 if writer.stopped():
                     break  # a mismatch, or sealed: everything expected is in
     except ItemError as exc:

@@ -206,3 +206,22 @@ def test_batch_cancelled_mid_stream_stops_the_stream_with_batch_closed(tenant: o
         intake.add_items(batch.id, intake.read_lines(intake.LineSplitter(pieces())))
     assert set(Job.objects.filter(batch=batch).values_list("status", flat=True)) == {"cancelled"}
     assert Job.objects.filter(batch=batch).count() == intake.CHUNK_ITEMS
+
+
+def test_large_items_are_written_in_chunks_bounded_by_bytes(
+    batch_factory: Callable[..., Batch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intake, "CHUNK_BYTES", 10_000)
+    writes: list[int] = []
+    real = intake._Writer.write
+
+    def counting(self: intake._Writer, items: list[intake.Item]) -> None:
+        writes.append(sum(len(i.copy_row) for i in items))
+        real(self, items)
+
+    monkeypatch.setattr(intake._Writer, "write", counting)
+    batch = batch_factory(run_count=20)
+    result = stream(batch, ndjson([{"payload": "x" * 3000} for _ in range(20)]))
+
+    assert result.sealed
+    assert len(writes) >= 5 and max(writes) < 10_000 + 3100
