@@ -90,26 +90,36 @@ class LineSplitter:
 
     def __iter__(self) -> Iterator[bytes]:
         limit = settings.BATCH_ITEM_MAX_BYTES
-        partial = b""
+        parts: list[bytes] = []  # the line in progress, unjoined (a long line is not re-copied per piece)
+        size = 0
         line_no = 0
         for piece in self.pieces:
-            if not piece:
+            if b"\n" not in piece:
+                parts.append(piece)
+                size += len(piece)
+                if size > limit + 1:  # + a CR
+                    raise ItemError(line_no + 1, f"line is larger than {limit} bytes", code="payload_too_large")
                 continue
-            lines = (partial + piece if partial else piece).split(b"\n")
-            partial = lines.pop()
+            if parts:
+                parts.append(piece)
+                piece, parts, size = b"".join(parts), [], 0
+            lines = piece.split(b"\n")
+            tail = lines.pop()
             self.at_boundary = False
             last = len(lines) - 1
             for i, line in enumerate(lines):
                 line_no += 1
-                if len(line) > limit + 1:  # + a CR
+                if len(line) > limit + 1:
                     raise ItemError(line_no, f"line is larger than {limit} bytes", code="payload_too_large")
                 self.at_boundary = i == last
                 yield line
             self.at_boundary = True
-            if len(partial) > limit + 1:
-                raise ItemError(line_no + 1, f"line is larger than {limit} bytes", code="payload_too_large")
-        if partial:
-            yield partial
+            if tail:
+                parts, size = [tail], len(tail)
+                if size > limit + 1:
+                    raise ItemError(line_no + 1, f"line is larger than {limit} bytes", code="payload_too_large")
+        if parts:
+            yield b"".join(parts)
 
 
 def _refuse_constant(name: str) -> Any:
