@@ -293,3 +293,30 @@ def test_job_left_waiting_on_a_completed_waitpoint_is_resumed(tenant: Tenant) ->
     assert job.status in ("queued", "dispatched") and job.waiting_for_id is None
     assert job.events.filter(type="repaired", message="waiting_waitpoint_done").count() == 1
     assert job.events.filter(type="resumed").count() == 1
+
+
+def test_counting_a_child_costs_one_statement_whatever_the_batch_size(
+    tenant: Tenant, callbacks: list[uuid.UUID], batch_factory: Callable[..., Batch]
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def finish_statements(job_id: uuid.UUID) -> list[str]:
+        attempt = start(job_id)
+        with CaptureQueriesContext(connection) as queries:
+            assert jobs_lifecycle.succeed(job_id, attempt.lease_token, "ok").won
+        return [q["sql"] for q in queries.captured_queries]
+
+    plain = jobs_lifecycle.submit(tenant, "examples.echo", 1, delay_seconds=3600).job
+    small = batch_factory(run_count=2)
+    stream(small, ndjson([{"payload": i} for i in range(2)]))
+    large = batch_factory(run_count=3000)
+    stream(large, ndjson([{"payload": i} for i in range(3000)]))
+
+    base = finish_statements(plain.id)
+    in_small = finish_statements(child_ids(small)[0])
+    in_large = finish_statements(child_ids(large)[0])
+
+    extra = [sql for sql in in_small if "batches_batch" in sql]
+    assert len(extra) == 1 and extra[0].lstrip().startswith("UPDATE batches_batch")
+    assert len(in_small) == len(in_large) <= len(base) + 1

@@ -225,3 +225,21 @@ def test_large_items_are_written_in_chunks_bounded_by_bytes(
 
     assert result.sealed
     assert len(writes) >= 5 and max(writes) < 10_000 + 3100
+
+
+def test_intake_statements_grow_with_chunks_not_with_items(batch_factory: Callable[..., Batch]) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    def statements(items: int) -> int:
+        batch = batch_factory(run_count=items)
+        with CaptureQueriesContext(connection) as queries:
+            assert stream(batch, ndjson([{"payload": i} for i in range(items)])).sealed
+        return len(queries.captured_queries)
+
+    one_item, one_chunk = statements(1), statements(intake.CHUNK_ITEMS)
+    two_chunks, three_chunks = statements(2 * intake.CHUNK_ITEMS), statements(3 * intake.CHUNK_ITEMS)
+
+    assert one_item == one_chunk
+    per_chunk = two_chunks - one_chunk
+    # lock, status, staging, COPY, mismatch, INSERT, counters, a dispatch cycle, savepoint
+    assert per_chunk == three_chunks - two_chunks and per_chunk <= 13
