@@ -26,8 +26,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 
-from . import console, sweeper
+from . import console
 from .models import EventType, Job, JobEvent, JobStatus, Tenant
+from .monitoring import place_statuses
 
 REFRESH_SECONDS = 5
 UNFINISHED = [JobStatus.QUEUED, JobStatus.DISPATCHED, JobStatus.RUNNING, JobStatus.WAITING]
@@ -39,17 +40,8 @@ PLACE_CHANGELISTS: dict[str, str] = {}
 
 
 def stuck_counts() -> dict[str, int | None]:
-    """Rows in each stuck place now (None: counting it failed). From jobs.monitoring,
-    the same numbers as monitor_jobs, /health/jobs and /metrics, when it is there;
-    else from the sweeper's finders (capped at sweeper.CHUNK)."""
-    try:
-        from .monitoring import place_statuses  # type: ignore[attr-defined]
-    except ImportError:
-        counts: dict[str, int | None] = {}
-        for place in sweeper.PLACES:
-            rows = console.find_rows(place, None)
-            counts[place.name] = None if rows is None else len(rows)
-        return counts
+    """Rows in each stuck place now (None: counting it failed): the same numbers as
+    monitor_jobs, /health/jobs and /metrics."""
     return {status.name: status.count for status in place_statuses()}
 
 
