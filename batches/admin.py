@@ -11,28 +11,25 @@ from uuid import UUID
 
 from django.contrib import admin
 from django.db import transaction
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
-from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from jobs import dashboard
-from jobs.admin import ReadOnlyMixin, StuckFilter, age, parse_uuid, short, timestamp
+from jobs.admin import ConsoleAdmin, StuckFilter, exact_search, link_to_job, short, timestamp
 from jobs.console import (
     ActionReport,
-    EstimatedCountPaginator,
     badge,
-    confirm_page,
-    confirmed,
+    confirm_first,
+    count_per_row,
     diagnose,
+    ids_of,
     operator,
     place_label,
     pretty_json,
     progress_bar,
-    reason_from,
 )
 from jobs.lifecycle import error_dict
 from jobs.models import TERMINAL_STATUSES, Job
@@ -50,6 +47,25 @@ dashboard.PLACE_CHANGELISTS["waitpoint_past_timeout"] = "admin:batches_waitpoint
 def children_url(batch_id: UUID, status: str | None = None) -> str:
     url = reverse("admin:jobs_job_changelist") + f"?batch__id__exact={batch_id}"
     return url + (f"&status__exact={status}" if status else "")
+
+
+def status_now(batch_id: UUID) -> str:
+    """Why a close lost: what the batch is now."""
+    return f"already {Batch.objects.get(id=batch_id).status}"
+
+
+# The operator's abort and completion: batches.lifecycle has these transitions only
+# as *_in_tx steps, so each runs here in its own transaction, as its callers there do.
+
+
+@transaction.atomic(durable=True)
+def abort_batch(batch_id: UUID, error: dict[str, str]) -> bool:
+    return lifecycle.close_batch_in_tx(batch_id, BatchStatus.ABORTED, error)
+
+
+@transaction.atomic(durable=True)
+def complete_waitpoint(waitpoint_id: UUID, output: Any, is_error: bool) -> bool:
+    return lifecycle.complete_waitpoint_in_tx(waitpoint_id, output, is_error=is_error)
 
 
 # --- batch repair -------------------------------------------------------------------------
@@ -105,16 +121,13 @@ def repair_batch(batch: Batch, report: ActionReport, cache: dict[Any, Any]) -> N
 
 
 @admin.register(Batch)
-class BatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class BatchAdmin(ConsoleAdmin):
     list_display = [
         "short_id", "task", "tenant", "status_badge", "sealed", "progress_shown", "outcome", "age", "parent_link",
     ]
     list_display_links = ["short_id"]
     list_filter = ["status", StuckFilter, "sealed", "on_child_failure", "tenant"]
     list_select_related = ["tenant"]
-    list_per_page = 50
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
     search_fields = ["idempotency_key"]
@@ -147,22 +160,7 @@ class BatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Batch], search_term: str
     ) -> tuple[QuerySet[Batch], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        match = Q(idempotency_key=term)
-        as_uuid = parse_uuid(term)
-        if as_uuid is not None:
-            match |= Q(id=as_uuid) | Q(parent_id=as_uuid)
-        return queryset.filter(match), False
-
-    @admin.display(description="id", ordering="id")
-    def short_id(self, obj: Batch) -> str:
-        return short(obj.id)
-
-    @admin.display(description="status", ordering="status")
-    def status_badge(self, obj: Batch) -> SafeString:
-        return badge(obj.status)
+        return exact_search(queryset, search_term, "id", "parent_id")
 
     @admin.display(description="progress")
     def progress_shown(self, obj: Batch) -> SafeString | str:
@@ -173,16 +171,9 @@ class BatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def outcome(self, obj: Batch) -> str:
         return f"{obj.succeeded_count} / {obj.failed_count} / {obj.cancelled_count}"
 
-    @admin.display(description="age", ordering="created_at")
-    def age(self, obj: Batch) -> str:
-        return age(obj.created_at)
-
     @admin.display(description="parent")
     def parent_link(self, obj: Batch) -> SafeString | str:
-        if obj.parent_id is None:
-            return "-"
-        return format_html('<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[obj.parent_id]),
-                           short(obj.parent_id))
+        return link_to_job(obj.parent_id)
 
     @admin.display(description="children")
     def children_shown(self, obj: Batch) -> SafeString:
@@ -215,44 +206,29 @@ class BatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return request.user.has_perm("batches.change_batch")
 
     @admin.action(description="Cancel selected batches (their unfinished children too)", permissions=["operate"])
-    def cancel_batches(self, request: HttpRequest, queryset: QuerySet[Batch]) -> TemplateResponse | None:
-        if not confirmed(request):
-            return confirm_page(
-                self, request, queryset, title="Cancel batches",
-                warning="Cancel these batches? Unfinished children are cancelled and each batch's "
-                        "waitpoint is completed with an error, so a waiting parent goes on.",
-                reason_label="Reason", reason_default="batch cancelled by operator",
-            )
-        reason = f"{reason_from(request, 'batch cancelled by operator')} ({operator(request)})"
+    @confirm_first(
+        title="Cancel batches",
+        warning="Cancel these batches? Unfinished children are cancelled and each batch's "
+                "waitpoint is completed with an error, so a waiting parent goes on.",
+        reason_label="Reason", reason_default="batch cancelled by operator",
+    )
+    def cancel_batches(self, request: HttpRequest, queryset: QuerySet[Batch], reason: str) -> None:
         report = ActionReport("Cancelled", "batch", "batches")
-        for batch_id, status in queryset.order_by("id").values_list("id", "status"):
-            if lifecycle.cancel_batch(batch_id, reason):
-                report.change()
-            else:
-                report.skip(f"already {Batch.objects.get(id=batch_id).status}")
+        report.try_each(ids_of(queryset), lambda batch_id: lifecycle.cancel_batch(batch_id, reason), status_now)
         report.send(self, request)
-        return None
 
     @admin.action(description="Abort selected batches with an error (the parent goes on)", permissions=["operate"])
-    def abort_batches(self, request: HttpRequest, queryset: QuerySet[Batch]) -> TemplateResponse | None:
-        if not confirmed(request):
-            return confirm_page(
-                self, request, queryset, title="Abort batches",
-                warning="Abort these batches? Unfinished children are cancelled and each batch's "
-                        "waitpoint is completed with this error, so a waiting parent resumes and sees it.",
-                reason_label="Error message", reason_default="aborted by operator",
-            )
-        error = error_dict("BatchAborted", f"{reason_from(request, 'aborted by operator')} ({operator(request)})")
+    @confirm_first(
+        title="Abort batches",
+        warning="Abort these batches? Unfinished children are cancelled and each batch's "
+                "waitpoint is completed with this error, so a waiting parent resumes and sees it.",
+        reason_label="Error message", reason_default="aborted by operator",
+    )
+    def abort_batches(self, request: HttpRequest, queryset: QuerySet[Batch], reason: str) -> None:
+        error = error_dict("BatchAborted", reason)
         report = ActionReport("Aborted", "batch", "batches")
-        for batch_id in queryset.order_by("id").values_list("id", flat=True):
-            with transaction.atomic(durable=True):
-                won = lifecycle.close_batch_in_tx(batch_id, BatchStatus.ABORTED, error)
-            if won:
-                report.change()
-            else:
-                report.skip(f"already {Batch.objects.get(id=batch_id).status}")
+        report.try_each(ids_of(queryset), lambda batch_id: abort_batch(batch_id, error), status_now)
         report.send(self, request)
-        return None
 
     @admin.action(description="Repair: diagnose each batch (counter, callback, seal, children, parent) and fix it",
                   permissions=["operate"])
@@ -268,14 +244,11 @@ class BatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(Waitpoint)
-class WaitpointAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class WaitpointAdmin(ConsoleAdmin):
     list_display = ["short_id", "type", "status_badge", "tenant", "owner_link", "waiting", "timeout_at", "age"]
     list_display_links = ["short_id"]
     list_filter = ["status", "type", StuckFilter, "output_is_error", "tenant"]
     list_select_related = ["tenant"]
-    list_per_page = 50
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
     search_fields = ["idempotency_key"]
@@ -291,28 +264,14 @@ class WaitpointAdmin(ReadOnlyMixin, admin.ModelAdmin):
     completed_at_exact = timestamp("completed_at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Waitpoint]:
-        # A correlated count per row on the partial waiting index, not a GROUP BY over a join.
-        waiting = (
-            Job.objects.filter(waiting_for=OuterRef("pk"), status="waiting")
-            .order_by().values("waiting_for").annotate(n=Count("id")).values("n")
-        )
-        return super().get_queryset(request).annotate(waiting_count=Coalesce(Subquery(waiting), 0))
+        # Counted per row on the partial waiting index.
+        waiting = count_per_row(Job.objects.filter(status="waiting"), "waiting_for")
+        return super().get_queryset(request).annotate(waiting_count=waiting)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Waitpoint], search_term: str
     ) -> tuple[QuerySet[Waitpoint], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        match = Q(idempotency_key=term)
-        as_uuid = parse_uuid(term)
-        if as_uuid is not None:
-            match |= Q(id=as_uuid) | Q(owner_job_id=as_uuid)
-        return queryset.filter(match), False
-
-    @admin.display(description="id", ordering="id")
-    def short_id(self, obj: Waitpoint) -> str:
-        return short(obj.id)
+        return exact_search(queryset, search_term, "id", "owner_job_id")
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Waitpoint) -> SafeString:
@@ -321,18 +280,11 @@ class WaitpointAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="owner job")
     def owner_link(self, obj: Waitpoint) -> SafeString | str:
-        if obj.owner_job_id is None:
-            return "-"
-        return format_html('<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[obj.owner_job_id]),
-                           short(obj.owner_job_id))
+        return link_to_job(obj.owner_job_id)
 
     @admin.display(description="jobs waiting")
     def waiting(self, obj: Waitpoint) -> int:
         return getattr(obj, "waiting_count", 0)
-
-    @admin.display(description="age", ordering="created_at")
-    def age(self, obj: Waitpoint) -> str:
-        return age(obj.created_at)
 
     @admin.display(description="output")
     def output_shown(self, obj: Waitpoint) -> SafeString | str:
@@ -343,16 +295,14 @@ class WaitpointAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     def _complete(self, request: HttpRequest, queryset: QuerySet[Waitpoint], output: Any, is_error: bool) -> None:
         report = ActionReport("Completed", "waitpoint", "waitpoints")
-        for waitpoint in queryset.select_related(None).order_by("id").only("id", "type", "status"):
-            if waitpoint.type == WaitpointType.BATCH:
-                report.skip("a batch's waitpoint: cancel or abort the batch instead")
-                continue
-            with transaction.atomic(durable=True):
-                won = lifecycle.complete_waitpoint_in_tx(waitpoint.id, output, is_error=is_error)
-            if won:
-                report.change()
-            else:
-                report.skip("already completed")
+        # A batch's waitpoint completes when its batch closes, never by hand.
+        by_batch = queryset.filter(type=WaitpointType.BATCH)
+        report.skip("a batch's waitpoint: cancel or abort the batch instead", rows=by_batch.count())
+        report.try_each(
+            ids_of(queryset.exclude(type=WaitpointType.BATCH)),
+            lambda waitpoint_id: complete_waitpoint(waitpoint_id, output, is_error),
+            lambda waitpoint_id: "already completed",
+        )
         report.send(self, request)
 
     @admin.action(description="Complete selected waitpoints (waiting jobs resume)", permissions=["operate"])
@@ -360,15 +310,10 @@ class WaitpointAdmin(ReadOnlyMixin, admin.ModelAdmin):
         self._complete(request, queryset, {"completed_by": operator(request)}, is_error=False)
 
     @admin.action(description="Complete selected waitpoints with an error", permissions=["operate"])
-    def complete_waitpoints_with_error(
-        self, request: HttpRequest, queryset: QuerySet[Waitpoint]
-    ) -> TemplateResponse | None:
-        if not confirmed(request):
-            return confirm_page(
-                self, request, queryset, title="Complete waitpoints with an error",
-                warning="Complete these waitpoints with an error? The jobs waiting on them resume and see it.",
-                reason_label="Error message", reason_default="completed with an error by operator",
-            )
-        message = f"{reason_from(request, 'completed with an error by operator')} ({operator(request)})"
-        self._complete(request, queryset, error_dict("CompletedByOperator", message), is_error=True)
-        return None
+    @confirm_first(
+        title="Complete waitpoints with an error",
+        warning="Complete these waitpoints with an error? The jobs waiting on them resume and see it.",
+        reason_label="Error message", reason_default="completed with an error by operator",
+    )
+    def complete_waitpoints_with_error(self, request: HttpRequest, queryset: QuerySet[Waitpoint], reason: str) -> None:
+        self._complete(request, queryset, error_dict("CompletedByOperator", reason), is_error=True)

@@ -4,14 +4,14 @@ Job, execution and event rows are read-only here: they change only through the
 lifecycle functions the actions call (the same ones the API and the sweeper call).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
 from django.contrib import admin, messages
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
-from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -25,19 +25,19 @@ from .console import (
     ActionReport,
     EstimatedCountPaginator,
     badge,
-    confirm_page,
-    confirmed,
+    confirm_first,
+    count_per_row,
     dead_letter_q,
+    ids_of,
     operator,
     place_label,
     place_names,
     pretty_json,
     progress_bar,
-    reason_from,
     repair_now,
     stuck_ids,
 )
-from .models import ACTIVE_STATUSES, ApiKey, Execution, Job, JobEvent, JobStatus, Tenant
+from .models import ACTIVE_STATUSES, ApiKey, Execution, Job, JobEvent, Tenant
 
 
 def short(value: object) -> str:
@@ -60,12 +60,10 @@ def timestamp(field: str) -> Any:
     return show
 
 
-def admin_link(obj: Any, label: str | None = None) -> SafeString | str:
-    if obj is None:
+def link_to_job(job_id: UUID | None) -> SafeString | str:
+    if job_id is None:
         return "-"
-    opts = obj._meta
-    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
-    return format_html('<a href="{}">{}</a>', url, label or str(obj))
+    return format_html('<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[job_id]), short(job_id))
 
 
 def parse_uuid(term: str) -> UUID | None:
@@ -73,6 +71,20 @@ def parse_uuid(term: str) -> UUID | None:
         return UUID(term.strip())
     except ValueError:
         return None
+
+
+def exact_search(queryset: QuerySet[Any], search_term: str, *id_fields: str) -> tuple[QuerySet[Any], bool]:
+    """The idempotency key, or a UUID in any of `id_fields`: exact matches through
+    indexes, never a LIKE scan of a large table."""
+    term = search_term.strip()
+    if not term:
+        return queryset, False
+    match = Q(idempotency_key=term)
+    as_uuid = parse_uuid(term)
+    if as_uuid is not None:
+        for id_field in id_fields:
+            match |= Q(**{id_field: as_uuid})
+    return queryset.filter(match), False
 
 
 # --- tenants and keys -----------------------------------------------------------------
@@ -90,12 +102,9 @@ class TenantAdmin(admin.ModelAdmin):
     ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
-        # One correlated count per row on the partial active index, not a join over all jobs.
-        active = (
-            Job.objects.filter(tenant=OuterRef("pk"), status__in=ACTIVE_STATUSES)
-            .order_by().values("tenant").annotate(n=Count("id")).values("n")
-        )
-        return super().get_queryset(request).annotate(active=Coalesce(Subquery(active), 0))
+        # Counted per row on the partial active index.
+        active = count_per_row(Job.objects.filter(status__in=ACTIVE_STATUSES), "tenant")
+        return super().get_queryset(request).annotate(active=active)
 
     @admin.display(description="active / limit")
     def active_over_limit(self, obj: Tenant) -> str:
@@ -148,15 +157,25 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         report = ActionReport("Revoked", "API key", "API keys")
-        already = queryset.filter(revoked_at__isnull=False).count()
+        report.skip("already revoked", rows=queryset.filter(revoked_at__isnull=False).count())
         # Conditional update: a key revoked twice keeps its first revocation time.
         report.change(rows=queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now()))
-        for _ in range(already):
-            report.skip("already revoked")
         report.send(self, request)
 
 
 # --- jobs ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def skipping_refused(report: ActionReport, refused: str) -> Iterator[None]:
+    """A job the transition refuses (InvalidState "job is <status>") is skipped as
+    "<refused>: <status>", one deleted meanwhile as "gone"."""
+    try:
+        yield
+    except lifecycle.InvalidState as exc:
+        report.skip(f"{refused}: {str(exc).removeprefix('job is ')}")
+    except Job.DoesNotExist:
+        report.skip("gone")
 
 
 class TaskFilter(admin.SimpleListFilter):
@@ -244,6 +263,43 @@ class ReadOnlyMixin:
         return False
 
 
+class ConsoleAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """A read-only list of a table that may be large (pages estimated past a cap, never
+    a full count), and the columns the lists pick from."""
+
+    list_per_page = 50
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, obj: Any) -> str:
+        return short(obj.pk)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Any) -> SafeString:
+        return badge(obj.status)
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj: Any) -> str:
+        return age(obj.created_at)
+
+
+class JobRowsAdmin(ConsoleAdmin):
+    """Rows that belong to a job (executions, events): a job id in the search box finds them."""
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        as_uuid = parse_uuid(search_term)
+        if as_uuid is not None:
+            return queryset.filter(job_id=as_uuid), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="job")
+    def job_link(self, obj: Any) -> SafeString | str:
+        return link_to_job(obj.job_id)
+
+
 class ExecutionInline(ReadOnlyMixin, admin.TabularInline):
     model = Execution
     extra = 0
@@ -267,16 +323,13 @@ class JobEventInline(ReadOnlyMixin, admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class JobAdmin(ConsoleAdmin):
     list_display = [
         "short_id", "task", "tenant", "status_badge", "attempts_shown", "progress_shown", "age", "batch_link",
     ]
     list_display_links = ["short_id"]
     list_filter = ["status", StuckFilter, DeadLetterFilter, "tenant", TaskFilter]
     list_select_related = ["tenant"]
-    list_per_page = 50
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
     search_fields = ["idempotency_key"]
@@ -316,24 +369,9 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
     ) -> tuple[QuerySet[Job], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        as_uuid = parse_uuid(term)
-        match = Q(idempotency_key=term)
-        if as_uuid is not None:
-            match |= Q(id=as_uuid) | Q(batch_id=as_uuid) | Q(parent_id=as_uuid)
-        return queryset.filter(match), False
+        return exact_search(queryset, search_term, "id", "batch_id", "parent_id")
 
     # --- columns
-
-    @admin.display(description="id", ordering="id")
-    def short_id(self, obj: Job) -> str:
-        return short(obj.id)
-
-    @admin.display(description="status", ordering="status")
-    def status_badge(self, obj: Job) -> SafeString:
-        return badge(obj.status)
 
     @admin.display(description="attempts")
     def attempts_shown(self, obj: Job) -> str:
@@ -342,10 +380,6 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="progress")
     def progress_shown(self, obj: Job) -> SafeString | str:
         return progress_bar(obj.progress)
-
-    @admin.display(description="age", ordering="created_at")
-    def age(self, obj: Job) -> str:
-        return age(obj.created_at)
 
     @admin.display(description="batch")
     def batch_link(self, obj: Job) -> SafeString | str:
@@ -380,45 +414,30 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
     # --- actions
 
     @admin.action(description="Cancel selected jobs (and their unfinished children)", permissions=["cancel"])
-    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> TemplateResponse | None:
-        if not confirmed(request):
-            return confirm_page(
-                self, request, queryset, title="Cancel jobs",
-                warning="Cancel these jobs? Their unfinished child jobs are cancelled too; "
-                        "running handlers are told to stop and their results are refused.",
-                reason_label="Reason (stored on each job's error and event)",
-                reason_default="cancelled by operator",
-            )
-        reason = f"{reason_from(request, 'cancelled by operator')} ({operator(request)})"
+    @confirm_first(
+        title="Cancel jobs",
+        warning="Cancel these jobs? Their unfinished child jobs are cancelled too; "
+                "running handlers are told to stop and their results are refused.",
+        reason_label="Reason (stored on each job's error and event)", reason_default="cancelled by operator",
+    )
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job], reason: str) -> None:
         report = ActionReport("Cancelled", "job", "jobs")
-        for job_id in queryset.values_list("id", flat=True).order_by("id"):
-            try:
+        for job_id in ids_of(queryset):
+            with skipping_refused(report, "already finished"):
                 moved = lifecycle.cancel(job_id, reason)
-            except lifecycle.InvalidState as exc:
-                report.skip(f"already finished: {str(exc).removeprefix('job is ')}")
-                continue
-            except Job.DoesNotExist:
-                report.skip("gone")
-                continue
-            if job_id in moved:
-                report.change("with unfinished children" if len(moved) > 1 else None)
-            else:
-                report.skip("already cancelled")
+                if job_id in moved:
+                    report.change("with unfinished children" if len(moved) > 1 else None)
+                else:
+                    report.skip("already cancelled")
         report.send(self, request)
-        return None
 
     @admin.action(description="Requeue selected failed or cancelled jobs (fresh attempt budget)",
                   permissions=["requeue"])
     def requeue_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         report = ActionReport("Requeued", "job", "jobs")
-        for job_id in queryset.values_list("id", flat=True).order_by("id"):
-            try:
+        for job_id in ids_of(queryset):
+            with skipping_refused(report, "not failed or cancelled"):
                 lifecycle.requeue(job_id, f"requeued by operator ({operator(request)})")
-            except lifecycle.InvalidState as exc:
-                report.skip(f"not failed or cancelled: {str(exc).removeprefix('job is ')}")
-            except Job.DoesNotExist:
-                report.skip("gone")
-            else:
                 report.change()
         report.send(self, request)
 
@@ -433,37 +452,18 @@ class JobAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(Execution)
-class ExecutionAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class ExecutionAdmin(JobRowsAdmin):
     list_display = ["id", "job_link", "task", "attempt", "status_badge", "worker", "started_at", "duration"]
     list_filter = ["status"]
     list_select_related = ["job"]
-    list_per_page = 50
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
     date_hierarchy = "started_at"
     ordering = ["-id"]  # insertion order through the primary key index, no sort of the table
     search_fields = ["worker"]
     search_help_text = "A job id (exact) or a worker name."
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Execution], search_term: str
-    ) -> tuple[QuerySet[Execution], bool]:
-        as_uuid = parse_uuid(search_term)
-        if as_uuid is not None:
-            return queryset.filter(job_id=as_uuid), False
-        return super().get_search_results(request, queryset, search_term)
-
-    @admin.display(description="job")
-    def job_link(self, obj: Execution) -> SafeString | str:
-        return admin_link(obj.job, short(obj.job_id))
-
     @admin.display(description="task")
     def task(self, obj: Execution) -> str:
         return obj.job.task
-
-    @admin.display(description="status", ordering="status")
-    def status_badge(self, obj: Execution) -> SafeString:
-        return badge(obj.status)
 
     @admin.display(description="duration")
     def duration(self, obj: Execution) -> str:
@@ -473,27 +473,12 @@ class ExecutionAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(JobEvent)
-class JobEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class JobEventAdmin(JobRowsAdmin):
     list_display = ["id", "created_at", "type", "job_link", "tenant", "attempt", "message"]
     list_filter = ["type", "tenant"]
     list_select_related = ["tenant"]
     list_per_page = 100
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
     date_hierarchy = "created_at"
     ordering = ["-id"]
     search_fields = ["message"]
     search_help_text = "A job id (exact) or text in the message."
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[JobEvent], search_term: str
-    ) -> tuple[QuerySet[JobEvent], bool]:
-        as_uuid = parse_uuid(search_term)
-        if as_uuid is not None:
-            return queryset.filter(job_id=as_uuid), False
-        return super().get_search_results(request, queryset, search_term)
-
-    @admin.display(description="job")
-    def job_link(self, obj: JobEvent) -> SafeString:
-        url = reverse("admin:jobs_job_change", args=[obj.job_id])
-        return format_html('<a href="{}">{}</a>', url, short(obj.job_id))

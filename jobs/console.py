@@ -7,10 +7,11 @@ a diagnosis of which sweeper place a job is stuck in, followed by that place's o
 repair function. Nothing here moves a row by itself; the lifecycle and the sweeper do.
 """
 
+import functools
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -19,7 +20,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Model, Q, QuerySet
+from django.db.models import Count, F, Model, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.functional import cached_property
@@ -79,6 +81,14 @@ def pretty_json(value: Any) -> SafeString | str:
     if value is None:
         return "-"
     return format_html('<pre style="margin:0;white-space:pre-wrap">{}</pre>', json.dumps(value, indent=2)[:20000])
+
+
+def count_per_row(rows: QuerySet[Any], field: str) -> Coalesce:
+    """An annotation: how many of `rows` point at each listed row through `field`, as
+    one correlated count per row (served by an index on `field`), not a GROUP BY over
+    a join of the whole table."""
+    counted = rows.filter(**{field: OuterRef("pk")}).order_by().values(field).annotate(n=Count("id")).values("n")
+    return Coalesce(Subquery(counted), 0)
 
 
 # --- dead letters ------------------------------------------------------------------
@@ -163,8 +173,18 @@ class ActionReport:
         if note:
             self.notes[note] += 1
 
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] += 1
+    def skip(self, reason: str, rows: int = 1) -> None:
+        if rows:  # a zero count would still print as "Skipped 0: ..."
+            self.skipped[reason] += rows
+
+    def try_each(self, ids: Iterable[Any], move: Callable[[Any], bool], lost: Callable[[Any], str]) -> None:
+        """Run `move`, a transition that returns whether it won, on each id in turn: a win
+        counts as changed, a loss is skipped with `lost(id)`, read after the loss."""
+        for pk in ids:
+            if move(pk):
+                self.change()
+            else:
+                self.skip(lost(pk))
 
     @staticmethod
     def _tally(counter: Counter[str]) -> str:
@@ -185,6 +205,11 @@ class ActionReport:
     def send(self, modeladmin: admin.ModelAdmin, request: HttpRequest) -> None:
         for level, text in self.messages():
             modeladmin.message_user(request, text, level)
+
+
+def ids_of(queryset: QuerySet[Any]) -> QuerySet[Any]:
+    """The selected rows' ids, in id order: an action moves them one by one in this order."""
+    return queryset.order_by("id").values_list("id", flat=True)
 
 
 # --- confirmation pages ----------------------------------------------------------------
@@ -239,6 +264,32 @@ def reason_from(request: HttpRequest, default: str) -> str:
 
 def operator(request: HttpRequest) -> str:
     return getattr(request.user, "get_username", lambda: "operator")()
+
+
+Action = Callable[[Any, HttpRequest, QuerySet[Any]], TemplateResponse | None]
+
+
+def confirm_first(
+    *, title: str, warning: str, reason_label: str, reason_default: str
+) -> Callable[[Callable[[Any, HttpRequest, QuerySet[Any], str], None]], Action]:
+    """A destructive action asks first (goes under `@admin.action`): the first post
+    shows the confirmation page and changes nothing; the confirmed post runs the
+    action with the operator's reason, or `reason_default`, signed with their name."""
+
+    def decorate(action: Callable[[Any, HttpRequest, QuerySet[Any], str], None]) -> Action:
+        @functools.wraps(action)
+        def run(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any]) -> TemplateResponse | None:
+            if not confirmed(request):
+                return confirm_page(
+                    modeladmin, request, queryset, title=title, warning=warning,
+                    reason_label=reason_label, reason_default=reason_default,
+                )
+            action(modeladmin, request, queryset, f"{reason_from(request, reason_default)} ({operator(request)})")
+            return None
+
+        return run
+
+    return decorate
 
 
 # --- stuck places -----------------------------------------------------------------------
@@ -339,14 +390,12 @@ def diagnose(
     return Diagnosis(places=sorted({p.name for p, _ in rows}), rows=rows, uncertain=uncertain)
 
 
-def repair_now(
-    objects: Iterable[Any], report: ActionReport, tenant_of: Any = lambda obj: obj.tenant_id
-) -> ActionReport:
+def repair_now(objects: Iterable[Any], report: ActionReport) -> ActionReport:
     """For each row: name the place it is stuck in and apply that place's repair, or
     say nothing is wrong. The repair is the sweeper's, the same one it runs itself."""
     cache: dict[Any, Any] = {}
     for obj in objects:
-        diagnosis = diagnose(obj.pk, tenant_of(obj), cache)
+        diagnosis = diagnose(obj.pk, obj.tenant_id, cache)
         if not diagnosis.rows:
             if diagnosis.uncertain:
                 report.skip(f"not diagnosed: {', '.join(diagnosis.uncertain)} could not be searched "
