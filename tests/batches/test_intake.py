@@ -191,7 +191,10 @@ def test_pipelined_writer_keeps_chunks_before_a_bad_line_and_reports_it(tenant: 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_batch_cancelled_mid_stream_stops_the_stream_with_batch_closed(tenant: object) -> None:
+def test_batch_cancelled_mid_stream_stops_the_stream_with_batch_closed(
+    tenant: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intake, "FLUSH_SECONDS", 3600)  # chunks by size only
     n = intake.CHUNK_ITEMS * 2
     batch = lifecycle.create_batch(tenant, task="examples.echo", run_count=n).batch  # type: ignore[arg-type]
 
@@ -227,8 +230,12 @@ def test_large_items_are_written_in_chunks_bounded_by_bytes(
     assert len(writes) >= 5 and max(writes) < 10_000 + 3100
 
 
-def test_intake_statements_grow_with_chunks_not_with_items(batch_factory: Callable[..., Batch]) -> None:
+def test_intake_statements_grow_with_chunks_not_with_items(
+    batch_factory: Callable[..., Batch], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from django.test.utils import CaptureQueriesContext
+
+    monkeypatch.setattr(intake, "FLUSH_SECONDS", 3600)  # chunks by size only, however slow this machine
 
     def statements(items: int) -> int:
         batch = batch_factory(run_count=items)
