@@ -111,19 +111,38 @@ def database_url_via(port: int) -> str:
 
 
 def wait_status(job_id: object, *statuses: str, timeout: float = 60) -> Job:
-    wait_until(
+    wait_for(
         lambda: Job.objects.filter(id=job_id, status__in=statuses).exists(),
-        timeout, interval=0.1, what=f"job {job_id} to reach {statuses}",
+        timeout, what=f"job {job_id} to reach {statuses}",
     )
     return Job.objects.get(id=job_id)
 
 
 def wait_all(ids: list[Any], *statuses: str, timeout: float = 90) -> None:
-    wait_until(
+    wait_for(
         lambda: Job.objects.filter(id__in=ids, status__in=statuses).count() == len(ids),
-        timeout, interval=0.2, what=f"{len(ids)} jobs to reach {statuses}",
+        timeout, what=f"{len(ids)} jobs to reach {statuses}",
     )
 
 
 def queue_key() -> str:
     return settings.BROKER_KEY_PREFIX + settings.CELERY_DEFAULT_QUEUE
+
+
+def state_dump() -> str:
+    """Jobs, batches and recent events by status: appended to a timeout's message."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT task, status, attempts, stalled_count, count(*) FROM jobs_job GROUP BY 1, 2, 3, 4")
+        jobs = cursor.fetchall()
+        cursor.execute("SELECT status, sealed, run_count, enqueued_count, completed_count FROM batches_batch")
+        batches = cursor.fetchall()
+        cursor.execute("SELECT type, count(*) FROM jobs_jobevent GROUP BY 1")
+        events = cursor.fetchall()
+    return f"jobs={jobs} batches={batches} events={events}"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "") -> object:
+    try:
+        return wait_until(predicate, timeout, interval=0.1, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {state_dump()}") from None

@@ -277,14 +277,10 @@ def check(*, settled: bool = True, accepted: Iterable[UUID] | None = None,
         ):
             report.add(6, f"job {job_id}: still waiting on a completed waitpoint")
 
-    # 7. Fencing: a refused (stale) result never became the outcome ----------------------------
-    for job_id, attempt, status in _rows(
-        "SELECT ev.job_id, ev.attempt, e.status FROM jobs_jobevent ev JOIN jobs_execution e "
-        "ON e.job_id = ev.job_id AND e.attempt = ev.attempt "
-        "WHERE ev.type = 'stale_result_refused' AND e.status IN ('succeeded', 'failed') "
-        "AND NOT EXISTS (SELECT 1 FROM jobs_jobevent r WHERE r.job_id = ev.job_id AND r.type = 'requeued')"
-    ):
-        report.add(7, f"job {job_id}: attempt {attempt}'s result was refused but its execution is {status}")
+    # 7. Fencing: a stale token changed nothing. A write that won with a stale token
+    # would show as an illegal or second terminal transition in the replay (3) or as
+    # a second succeeded execution here; the state machine also checks every single
+    # start, renewal and finish against the row it found before the call.
     for job_id, row in jobs.items():
         runs = executions.get(job_id, [])
         if sum(1 for r in runs if r[2] == "succeeded") > 1 + events.get(job_id, []).count("requeued"):

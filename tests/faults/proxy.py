@@ -52,11 +52,10 @@ class Proxy:
 
     def close(self) -> None:
         self._refusing = True
-        self._call(self._abort_all)
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     @property
     def connections(self) -> int:
@@ -83,6 +82,15 @@ class Proxy:
         )
         self._ready.set()
         self._loop.run_forever()
+
+    async def _shutdown(self) -> None:
+        self._abort_all()
+        if self._server is not None:
+            self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _abort_all(self) -> None:
         for writer in list(self._writers):

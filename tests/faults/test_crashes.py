@@ -17,10 +17,10 @@ from django.conf import settings
 
 from jobs import lifecycle
 from jobs.models import Job, Tenant
-from tests.faults.conftest import fault_worker, wait_all, wait_status
+from tests.faults.conftest import wait_for, fault_worker, wait_all, wait_status
 from tests.faults.invariants import assert_invariants
 from tests.faults.tasks import pid_key
-from tests.workers import Worker, wait_until
+from tests.workers import Worker
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def runs(job: Job) -> list[tuple[int, str]]:
 
 
 def pid_of(broker: redis.Redis, job_id: object, attempt: int) -> int:
-    value = wait_until(lambda: broker.get(pid_key(job_id, attempt)), 30, what=f"attempt {attempt} to start")
+    value = wait_for(lambda: broker.get(pid_key(job_id, attempt)), 30, what=f"attempt {attempt} to start")
     return int(value)  # type: ignore[arg-type]
 
 
@@ -49,9 +49,9 @@ def test_killed_pool_child_is_requeued_by_celery_refused_at_start_and_recovered_
     assert runs(job) == [(1, "lost"), (2, "succeeded")]
     assert job.result == {"attempt": 2} and job.stalled_count == 1
     assert job.events.filter(type="repaired", message="lease_expired").count() == 1
-    wait_until(lambda: "WorkerLostError" in worker.log(), 30, what="Celery to report the lost pool process")
+    wait_for(lambda: "WorkerLostError" in worker.log(), 30, what="Celery to report the lost pool process")
     # task_reject_on_worker_lost put the message back; its redelivery lost the start CAS.
-    wait_until(lambda: "'stale'" in worker.log(), 30, what="the redelivered message refused at start")
+    wait_for(lambda: "'stale'" in worker.log(), 30, what="the redelivered message refused at start")
     assert_invariants(accepted=[job.id])
 
 
@@ -63,8 +63,8 @@ def test_crash_right_after_the_finish_commit_counts_the_job_once_and_the_redeliv
     crashing = fault_worker(worker_factory, concurrency=1, env={"FAILPOINTS": "after_finish_commit=kill"})
     jobs = [lifecycle.submit(tenant, "examples.echo", {"n": i}).job.id for i in range(3)]
 
-    wait_until(lambda: Job.objects.filter(id=jobs[0], status="succeeded").exists(), 60, what="first job")
-    wait_until(lambda: "WorkerLostError" in crashing.log(), 30, what="the pool process to die after its commit")
+    wait_for(lambda: Job.objects.filter(id=jobs[0], status="succeeded").exists(), 60, what="first job")
+    wait_for(lambda: "WorkerLostError" in crashing.log(), 30, what="the pool process to die after its commit")
     fault_worker(worker_factory, concurrency=1, beat=True)  # a healthy worker finishes the rest
 
     wait_all(jobs, "succeeded")
@@ -82,7 +82,7 @@ def test_crash_after_dispatch_commit_before_the_message_is_published_is_redispat
     # (dispatched, committed) but its message is never sent.
     fault_worker(worker_factory, concurrency=1, env={"FAILPOINTS": "before_publish=kill"})
     jobs = [lifecycle.submit(tenant, "examples.echo", {"n": i}).job.id for i in range(3)]
-    wait_until(lambda: Job.objects.filter(id=jobs[0], status="succeeded").exists(), 60, what="first job")
+    wait_for(lambda: Job.objects.filter(id=jobs[0], status="succeeded").exists(), 60, what="first job")
     wait_status(jobs[1], "dispatched")
     fault_worker(worker_factory, concurrency=1, beat=True)  # its sweeper finds the silent dispatch
 
@@ -98,7 +98,7 @@ def test_crash_after_delivery_before_start_is_redispatched_with_a_new_token(
 ) -> None:
     doomed = fault_worker(worker_factory, concurrency=1, env={"FAILPOINTS": "before_start=kill"})
     job = lifecycle.submit(tenant, "examples.echo", {"x": 1}).job
-    wait_until(lambda: "WorkerLostError" in doomed.log(), 30, what="the pool process to die before start")
+    wait_for(lambda: "WorkerLostError" in doomed.log(), 30, what="the pool process to die before start")
     first_token = Job.objects.get(id=job.id).dispatch_token
     doomed.kill()  # its reserved message stays unacked in Redis (visibility timeout: an hour)
 
@@ -155,7 +155,7 @@ def test_sigterm_then_sigkill_during_a_long_task_is_recovered_never_left_running
     pid_of(broker, job.id, 1)
 
     os.kill(doomed.pid, signal.SIGTERM)  # warm shutdown: waits for the running task...
-    wait_until(lambda: "warm shutdown" in doomed.log().lower(), 30, what="warm shutdown to begin")
+    wait_for(lambda: "warm shutdown" in doomed.log().lower(), 30, what="warm shutdown to begin")
     assert Job.objects.get(id=job.id).status == "running"
     doomed.kill()  # ...but the deploy gives up and kills it
     fault_worker(worker_factory, concurrency=1, beat=True)
