@@ -5,10 +5,8 @@ repairer that calls the same idempotent function as the normal path and records 
 `repaired` event on the job involved. Registered from BatchesConfig.ready().
 """
 
-from uuid import UUID
-
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
 from jobs import lifecycle as jobs_lifecycle
 from jobs import metrics_hooks
