@@ -41,5 +41,9 @@ quick: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# Not in CI: a 10,000-item batch while workers are SIGKILLed (SOAK_ARGS="--items 2000" for less).
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+
 compose-check:
 	docker-compose -f docker-compose.yaml config -q

@@ -2,6 +2,15 @@
 
 Actions: `kill` (SIGKILL this process), `raise` (RuntimeError), `sleep:<seconds>`.
 Inert and nearly free when FAILPOINTS is empty (one dict lookup per call).
+
+Points, in the order a job meets them:
+- `before_publish` (jobs.dispatch.send_dispatched): the claim committed, its Celery
+  messages not yet sent
+- `before_start` (jobs.runner.run): a message delivered, the start CAS not yet run
+- `after_start_commit`: running, the handler not yet called
+- `before_finish`: the handler returned, its outcome not yet written
+- `after_finish_commit`: the outcome committed, the message not yet acknowledged
+- `complete_batch` (batches.tasks): the chord callback received, nothing done yet
 """
 
 import os
