@@ -33,6 +33,8 @@ CHUNK_ITEMS = 2000
 # ...or fewer when items are large: a chunk never holds much more than this (one
 # chunk is parsed while the previous one is written, so memory is about twice it).
 CHUNK_BYTES = 8 * 1024 * 1024
+# A stream that added at least this many children refreshes jobs_job's statistics.
+ANALYZE_AFTER_ROWS = 5000
 # Children are queued as lines arrive: a partial chunk is written once it is this old,
 # or as soon as the client has sent nothing more for now (`idle`, see read_lines'
 # callers), so a trickling stream's items never wait for the next line.
@@ -315,14 +317,24 @@ def _flush_in_tx(batch_id: UUID, ctx: _Context, items: list[Item]) -> tuple[Inta
             "COPY batch_intake (line, idx, task, queue, max_attempts, timeout_seconds, item) FROM STDIN"
         ) as copy:
             copy.write(b"".join(it.copy_row for it in items))
-        cursor.execute(_MISMATCH_SQL, [batch_id])
-        bad_line = cursor.fetchone()[0]
-        cursor.execute(
-            _INSERT_SQL,
-            {"before": bad_line if bad_line is not None else 2**31 - 1, "tenant": ctx.tenant_id,
-             "priority": ctx.priority, "batch": batch_id, "parent": ctx.parent_id, "root": ctx.root_id},
-        )
+        params = {"before": 2**31 - 1, "tenant": ctx.tenant_id, "priority": ctx.priority, "batch": batch_id,
+                  "parent": ctx.parent_id, "root": ctx.root_id}
+        savepoint = transaction.savepoint()
+        cursor.execute(_INSERT_SQL, params)
         inserted = cursor.fetchone()[0]
+        bad_line = None
+        if inserted < len(items):
+            # Some indexes were already there (a resumed stream): only then can an
+            # item differ from what its index holds. If one does, write only the
+            # lines before it.
+            cursor.execute(_MISMATCH_SQL, [batch_id])
+            bad_line = cursor.fetchone()[0]
+        if bad_line is not None:
+            transaction.savepoint_rollback(savepoint)
+            cursor.execute(_INSERT_SQL, {**params, "before": bad_line})
+            inserted = cursor.fetchone()[0]
+        else:
+            transaction.savepoint_commit(savepoint)
         if inserted == 0:
             return IntakeResult(batch_id, sealed, enqueued, run_count, status), bad_line
         cursor.execute(_ENQUEUED_SQL, {"id": batch_id, "n": inserted})
@@ -475,7 +487,20 @@ def add_items(
     # Inside an outer transaction (a test's) another connection would not see the
     # batch: write inline there.
     writer_class = _Writer if connection.in_atomic_block else _PipelinedWriter
-    return _run(objects, writer_class(flush, initial), ctx, idle)
+    result = _run(objects, writer_class(flush, initial), ctx, idle)
+    if result.enqueued_count - initial.enqueued_count >= ANALYZE_AFTER_ROWS and not connection.in_atomic_block:
+        analyze_jobs()
+    return result
+
+
+def analyze_jobs() -> None:
+    """Refresh the planner's statistics of jobs_job after a bulk load (as Postgres
+    advises): until autovacuum gets to it, a table that just grew by tens of
+    thousands of queued rows is planned as if it were small, and the dispatcher's
+    queries turn into scans of every queued job, on every finish. Takes no lock
+    that blocks reads or writes."""
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_job")
 
 
 def add_items_in_tx(batch_id: UUID, objects: Iterator[tuple[int, Any, bytes]]) -> IntakeResult:
