@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,6 +65,15 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture(autouse=True)
+def _remove_pid_files() -> Iterator[None]:
+    """tests.faults.tasks leaves one small file per attempt: remove this test's."""
+    before = set(Path(tempfile.gettempdir()).glob("bptest-faults-pid-*"))
+    yield
+    for path in set(Path(tempfile.gettempdir()).glob("bptest-faults-pid-*")) - before:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -104,6 +104,12 @@ class Proxy:
         self._writers.clear()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            await self._carry(client_r, client_w)
+        except asyncio.CancelledError:
+            pass  # shutting down: end quietly (asyncio logs a cancelled handler as an error)
+
+    async def _carry(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         if self._refusing:
             client_w.transport.abort()
             return

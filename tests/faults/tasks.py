@@ -1,27 +1,38 @@
 """Handlers for the fault suite, loaded in workers through TASK_MODULES (FAULT_TASK_MODULES).
 
-Each records the pid of the pool process running it (and the attempt) in Redis, so a
-test can kill exactly that process.
+Each records the pid of the pool process running each attempt in a file, so a test
+can kill exactly that process.
 """
 
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from django.conf import settings
 
 from jobs.registry import task
 from jobs.runner import JobContext
 
 
-def pid_key(job_id: object, attempt: int) -> str:
-    return f"{settings.BROKER_KEY_PREFIX}faults:pid:{job_id}:{attempt}"
+def pid_file(job_id: object, attempt: int) -> Path:
+    # A file, not Redis: the Redis fault tests must not depend on the broker here.
+    return Path(tempfile.gettempdir()) / f"bptest-faults-pid-{job_id}-{attempt}"
+
+
+def read_pid(job_id: object, attempt: int) -> int | None:
+    try:
+        return int(pid_file(job_id, attempt).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _record(ctx: JobContext) -> None:
-    redis.Redis.from_url(settings.REDIS_URL).set(pid_key(ctx.job_id, ctx.attempt), os.getpid(), ex=600)
+    path = pid_file(ctx.job_id, ctx.attempt)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)
 
 
 @task(name="faults.sleep")

@@ -12,14 +12,12 @@ import signal
 from collections.abc import Callable
 
 import pytest
-import redis
-from django.conf import settings
 
 from jobs import lifecycle
 from jobs.models import Job, Tenant
 from tests.faults.conftest import wait_for, fault_worker, wait_all, wait_status
 from tests.faults.invariants import assert_invariants
-from tests.faults.tasks import pid_key
+from tests.faults.tasks import read_pid
 from tests.workers import Worker
 
 pytestmark = pytest.mark.slow
@@ -29,17 +27,17 @@ def runs(job: Job) -> list[tuple[int, str]]:
     return [(e.attempt, e.status) for e in job.executions.order_by("id")]
 
 
-def pid_of(broker: redis.Redis, job_id: object, attempt: int) -> int:
-    value = wait_for(lambda: broker.get(pid_key(job_id, attempt)), 30, what=f"attempt {attempt} to start")
+def pid_of(job_id: object, attempt: int) -> int:
+    value = wait_for(lambda: read_pid(job_id, attempt), 30, what=f"attempt {attempt} to start")
     return int(value)  # type: ignore[arg-type]
 
 
 def test_killed_pool_child_is_requeued_by_celery_refused_at_start_and_recovered_by_the_lease_sweep(
-    worker_factory: Callable[..., Worker], tenant: Tenant, broker: redis.Redis
+    worker_factory: Callable[..., Worker], tenant: Tenant
 ) -> None:
     worker = fault_worker(worker_factory, concurrency=2, beat=True)
     job = lifecycle.submit(tenant, "faults.sleep", {"first_seconds": 30, "seconds": 0.2}, max_attempts=3).job
-    child = pid_of(broker, job.id, 1)
+    child = pid_of(job.id, 1)
     assert child in worker.child_pids() and child != worker.pid
 
     os.kill(child, signal.SIGKILL)  # one pool process, not the worker
@@ -113,13 +111,13 @@ def test_crash_after_delivery_before_start_is_redispatched_with_a_new_token(
 
 
 def test_handler_ignoring_the_soft_limit_is_stopped_by_the_hard_limit_and_timed_out_once(
-    worker_factory: Callable[..., Worker], tenant: Tenant, broker: redis.Redis
+    worker_factory: Callable[..., Worker], tenant: Tenant
 ) -> None:
     worker = fault_worker(worker_factory, concurrency=1, beat=True)
     job = lifecycle.submit(
         tenant, "faults.ignore_soft_limit", {"seconds": 120}, timeout_seconds=1, max_attempts=1
     ).job
-    child = pid_of(broker, job.id, 1)
+    child = pid_of(job.id, 1)
 
     job = wait_status(job.id, "failed", timeout=90)
 
@@ -148,11 +146,11 @@ def test_a_job_that_always_fails_ends_failed_after_exactly_max_attempts_executio
 
 
 def test_sigterm_then_sigkill_during_a_long_task_is_recovered_never_left_running(
-    worker_factory: Callable[..., Worker], tenant: Tenant, broker: redis.Redis
+    worker_factory: Callable[..., Worker], tenant: Tenant
 ) -> None:
     doomed = fault_worker(worker_factory, concurrency=1)
     job = lifecycle.submit(tenant, "faults.sleep", {"first_seconds": 60, "seconds": 0.2}, max_attempts=3).job
-    pid_of(broker, job.id, 1)
+    pid_of(job.id, 1)
 
     os.kill(doomed.pid, signal.SIGTERM)  # warm shutdown: waits for the running task...
     wait_for(lambda: "warm shutdown" in doomed.log().lower(), 30, what="warm shutdown to begin")

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-import redis
 from django.conf import settings
 from django.db import connection
 
@@ -21,7 +20,7 @@ from tests.faults.conftest import (
 )
 from tests.faults.invariants import assert_invariants
 from tests.faults.proxy import Proxy
-from tests.faults.tasks import pid_key
+from tests.faults.tasks import read_pid
 from tests.workers import Worker
 
 pytestmark = pytest.mark.slow
@@ -77,7 +76,7 @@ def test_redis_stalled_longer_than_the_lease_costs_no_lease_and_no_duplicate(
 
 
 def test_postgres_cut_during_heartbeats_loses_the_lease_and_the_stale_result_is_refused(
-    worker_factory: Callable[..., Worker], tenant: Tenant, broker: redis.Redis,
+    worker_factory: Callable[..., Worker], tenant: Tenant,
     proxies: Callable[[str, int], Proxy],
 ) -> None:
     s = connection.settings_dict
@@ -87,11 +86,11 @@ def test_postgres_cut_during_heartbeats_loses_the_lease_and_the_stale_result_is_
     job = lifecycle.submit(
         tenant, "faults.sleep", {"first_seconds": 6, "seconds": 0.5, "stubborn": True}, max_attempts=3
     ).job
-    wait_for(lambda: broker.get(pid_key(job.id, 1)), 30, what="attempt 1 running")
+    wait_for(lambda: read_pid(job.id, 1), 30, what="attempt 1 running")
     healthy = fault_worker(worker_factory, concurrency=1, beat=True)  # its sweeper takes the lease over
 
     proxy.cut()  # every heartbeat now fails
-    wait_for(lambda: broker.get(pid_key(job.id, 2)), 60, what="attempt 2 started elsewhere")
+    wait_for(lambda: read_pid(job.id, 2), 60, what="attempt 2 started elsewhere")
     proxy.resume()
 
     job = wait_status(job.id, "succeeded")
