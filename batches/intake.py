@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from jobs import dispatch
+from jobs.failpoints import failpoint
 from jobs.registry import UnknownTask, get_task
 
 from . import lifecycle
@@ -298,7 +299,9 @@ def _status_in_tx(batch_id: UUID) -> tuple[int, int, bool, str]:
         return cursor.fetchone()
 
 
-def _flush_in_tx(batch_id: UUID, ctx: _Context, items: list[Item]) -> tuple[IntakeResult, int | None]:
+def _flush_in_tx(
+    batch_id: UUID, ctx: _Context, items: list[Item], dispatch_now: bool = True
+) -> tuple[IntakeResult, int | None]:
     """Write one chunk. Returns the batch's state after it and the first line whose
     index was already received with another payload (rows from it on are not written)."""
     lifecycle.lock_intake_in_tx(batch_id, exclusive=False)
@@ -340,9 +343,30 @@ def _flush_in_tx(batch_id: UUID, ctx: _Context, items: list[Item]) -> tuple[Inta
         cursor.execute(_ENQUEUED_SQL, {"id": batch_id, "n": inserted})
         enqueued, run_count, sealed, completed, status = cursor.fetchone()
     if sealed and enqueued - inserted < run_count and completed == run_count:
-        lifecycle.queue_callback_on_commit(batch_id)  # every child finished before the seal
-    dispatch.dispatch_tenant(ctx.tenant_id)  # last: it takes the dispatcher's lock
+        # Every child was counted before this seal. Sealing with the last item's
+        # insert makes the last child come second in practice; this keeps "whichever
+        # comes second queues the callback" true however children get counted.
+        lifecycle.queue_callback_on_commit(batch_id)
+    failpoint("intake_before_dispatch")
+    if dispatch_now:
+        dispatch.dispatch_tenant(ctx.tenant_id)  # last: it takes the dispatcher's lock
+    else:
+        _dispatch_on_commit(ctx.tenant_id)
     return IntakeResult(batch_id, sealed, enqueued, run_count, status), bad_line
+
+
+def _dispatch_on_commit(tenant_id: UUID) -> None:
+    """Dispatch a streamed chunk's children once it has committed, not under its batch
+    row lock: a child of the same batch finishing at that moment holds the dispatch
+    lock (taken in its finish statement to refill) and waits for that row to count
+    itself in, so waiting for the dispatch lock here deadlocks (found by the soak,
+    tests/faults/test_races.py). If this dispatch fails, beat's dispatches them."""
+
+    def run() -> None:
+        with transaction.atomic(durable=True):
+            dispatch.dispatch_tenant(tenant_id)
+
+    transaction.on_commit(run, robust=True)
 
 
 def _load_context(batch_id: UUID) -> _Context:
@@ -477,9 +501,13 @@ def add_items(
     """
     ctx = _load_context(batch_id)
 
+    # A chunk of its own dispatches after its commit; inside a caller's transaction
+    # (a test's) nothing commits, so dispatch inline as before.
+    dispatch_now = connection.in_atomic_block
+
     def flush(items: list[Item]) -> tuple[IntakeResult, int | None]:
         with transaction.atomic(durable=True):
-            return _flush_in_tx(batch_id, ctx, items)
+            return _flush_in_tx(batch_id, ctx, items, dispatch_now=dispatch_now)
 
     initial, _ = flush([])
     if initial.sealed:

@@ -87,7 +87,7 @@ def test_the_last_child_after_the_seal_queues_the_callback_once(
     assert (waitpoint.output["succeeded"], waitpoint.output["failed"]) == (2, 1)
 
 
-def test_children_finishing_before_the_seal_let_the_seal_queue_the_callback(
+def test_children_finishing_before_the_seal_leave_the_callback_to_the_last_child(
     tenant: Tenant, callbacks: list[uuid.UUID], batch_factory: Callable[..., Batch]
 ) -> None:
     batch = batch_factory(run_count=3)
@@ -102,14 +102,12 @@ def test_children_finishing_before_the_seal_let_the_seal_queue_the_callback(
     assert callbacks == [batch.id]  # the last child came second here
 
 
-def test_all_children_done_when_the_last_item_seals_queues_from_the_seal(
+def test_a_completed_batch_still_answers_sealed_to_a_later_stream(
     tenant: Tenant, callbacks: list[uuid.UUID], batch_factory: Callable[..., Batch]
 ) -> None:
     batch = batch_factory(run_count=2)
     stream(batch, ndjson([{"payload": 0, "index": 0}]))
     finish(child_ids(batch)[0])
-    # A retried child that lands terminal before the seal; simulate the last count
-    # arriving before its item's chunk commits by a direct race-free order:
     stream(batch, ndjson([{"payload": 1, "index": 1}]))
     finish(child_ids(batch)[1])
     assert callbacks == [batch.id]
