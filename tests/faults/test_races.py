@@ -6,18 +6,21 @@ cancelling a parent while its children run (tests/batches/test_workers.py), two
 sweep() calls racing in-process (tests/monitoring/test_concurrent_sweeps.py).
 """
 
+import json
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from batches import intake
+from batches import lifecycle as batches_lifecycle
 from batches.models import Batch, Waitpoint
 from batchplatform.celery import app
-from jobs import lifecycle
+from jobs import lifecycle, sweeper
 from jobs.models import Job, JobEvent, Tenant
 from tests.faults.conftest import wait_for, fault_worker, wait_all, wait_status
 from tests.faults.invariants import assert_invariants
@@ -119,8 +122,6 @@ def test_chord_callback_delivered_three_times_completes_the_batch_and_resumes_th
 
     parent = wait_status(parent.id, "succeeded")
     # Late duplicates (and one more, in this process, after the fact) find nothing to do.
-    from batches import lifecycle as batches_lifecycle
-
     assert batches_lifecycle.complete_batch(batch.id) is False
     batch.refresh_from_db()
     assert batch.status == "completed"
@@ -141,8 +142,6 @@ def test_chord_callback_lost_and_then_duplicated_by_a_repair_race_completes_once
                what="every child counted")
     batch = Batch.objects.get(parent_id=parent.id)
     Batch.objects.filter(id=batch.id).update(updated_at=timezone.now() - timedelta(seconds=60))
-    from batches import lifecycle as batches_lifecycle
-    from jobs import sweeper
 
     results = run_together(sweeper.sweep, sweeper.sweep, lambda: batches_lifecycle.complete_batch(batch.id))
 
@@ -154,3 +153,56 @@ def test_chord_callback_lost_and_then_duplicated_by_a_repair_race_completes_once
     parent = wait_status(parent.id, "succeeded")
     assert parent.events.filter(type="resumed").count() == 1
     assert_invariants(accepted=[parent.id])
+
+
+def _ndjson_lines(indexes: range) -> Any:
+    body = b"".join(json.dumps({"index": i, "payload": {"i": i}}).encode() + b"\n" for i in indexes)
+    return intake.read_lines(intake.LineSplitter([body]))
+
+
+def _wait_until_row_locked(batch_id: object) -> None:
+    """Until another transaction holds the batch row (the intake chunk is inside its flush)."""
+    from django.db.utils import OperationalError
+
+    def locked() -> bool:
+        try:
+            with transaction.atomic(durable=True), connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM batches_batch WHERE id = %s FOR UPDATE NOWAIT", [batch_id])
+            return False
+        except OperationalError:
+            return True
+
+    wait_for(locked, 30, what="the intake chunk to hold the batch row")
+
+
+def test_streamed_chunk_while_a_child_of_the_same_batch_finishes_does_not_deadlock(
+    worker_factory: Callable[..., Worker], tenant_factory: Callable[..., Tenant], settings: Any
+) -> None:
+    """Found by the soak: a chunk held the batch row and waited for the dispatch lock,
+    while a finishing child held the dispatch lock (taken in its finish statement to
+    refill) and waited for the batch row to count itself in. Postgres aborted one."""
+    tenant = tenant_factory(concurrency_limit=100)
+    busy = tenant_factory(concurrency_limit=1)
+    waiting = [lifecycle.submit(busy, "examples.echo", i).job.id for i in range(2)]  # one stays queued:
+    # so the finish below decides to refill and takes the dispatch lock.
+    batch = batches_lifecycle.create_batch(tenant, task="examples.echo", run_count=10).batch
+    intake.add_items(batch.id, _ndjson_lines(range(0, 5)))
+    child = Job.objects.get(batch=batch, batch_index=0)
+    attempt = lifecycle.start(child.id, child.dispatch_token, "test")
+    assert attempt is not None
+    settings.FAILPOINTS = "intake_before_dispatch=sleep:2"  # the chunk pauses holding the batch row
+
+    def finish_child() -> Any:
+        _wait_until_row_locked(batch.id)
+        return lifecycle.succeed(child.id, attempt.lease_token, "done")
+
+    results = run_together(lambda: intake.add_items(batch.id, _ndjson_lines(range(5, 10))), finish_child)
+
+    settings.FAILPOINTS = ""
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert results[0].sealed and results[1].won
+    fault_worker(worker_factory, concurrency=2, beat=True)
+    wait_all([*waiting, *Job.objects.filter(batch=batch).values_list("id", flat=True)], "succeeded")
+    batch.refresh_from_db()
+    assert batch.status == "completed" and batch.completed_count == 10
+    assert_invariants(accepted=waiting)
