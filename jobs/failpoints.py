@@ -4,6 +4,7 @@ Actions: `kill` (SIGKILL this process), `raise` (RuntimeError), `sleep:<seconds>
 Inert and nearly free when FAILPOINTS is empty (one dict lookup per call).
 
 Points, in the order a job meets them:
+- `intake_before_dispatch` (batches.intake): a chunk's children written, not yet dispatched
 - `before_publish` (jobs.dispatch.send_dispatched): the claim committed, its Celery
   messages not yet sent
 - `before_start` (jobs.runner.run): a message delivered, the start CAS not yet run
