@@ -23,6 +23,7 @@ from jobs import lifecycle as jobs_lifecycle
 from jobs import sweeper
 from jobs.models import ApiKey, Job, JobEvent, Tenant
 from tests.batches.conftest import TASK_MODULES, Gunicorn, ndjson, post_stream
+from tests.faults.invariants import assert_invariants
 from tests.workers import Worker, wait_until
 
 WORKER_ENV = {"TASK_MODULES": TASK_MODULES}
@@ -344,6 +345,7 @@ def test_duplicate_deliveries_and_a_killed_worker_never_double_count(
     assert_batch_invariants(batch)
     assert JobEvent.objects.filter(job__batch=batch, type="stalled").count() >= 2
     assert JobEvent.objects.filter(job__batch=batch, type="succeeded").count() == 60
+    assert_invariants()  # tests/faults/invariants.py
 
 
 # --- 5. a lost chord callback ----------------------------------------------------------
@@ -373,6 +375,7 @@ def test_lost_chord_callback_is_found_by_the_sweeper_and_the_parent_resumes(
     assert parent.events.filter(type="repaired", message="batch_callback_lost").count() == 1
     assert_batch_invariants(batch)
     assert_nothing_stuck()
+    assert_invariants()  # tests/faults/invariants.py
 
 
 # --- 6. cancel and seal-deadline paths ------------------------------------------------
@@ -404,6 +407,7 @@ def test_cancelled_batch_resumes_its_parent_with_the_error(
     assert set(Job.objects.filter(batch=batch).values_list("status", flat=True)) == {"cancelled"}
     assert_batch_invariants(batch)
     assert_nothing_stuck()
+    assert_invariants()  # tests/faults/invariants.py
 
 
 @pytest.mark.slow
@@ -426,6 +430,7 @@ def test_cancelling_the_parent_cancels_the_whole_tree(
     assert Job.objects.get(id=parent.id).status == "cancelled"
     assert_batch_invariants(batch)
     assert_nothing_stuck()
+    assert_invariants()  # tests/faults/invariants.py
 
 
 @pytest.mark.slow

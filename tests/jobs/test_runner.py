@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from jobs import lifecycle, sweeper
 from jobs.models import Job, Tenant
+from tests.faults.invariants import assert_invariants
 from tests.tasks import effect_key
 from tests.workers import Worker, wait_until
 
@@ -97,6 +98,7 @@ def test_sigkilled_worker_job_is_stalled_requeued_and_completed_by_another_worke
     assert job.events.filter(type="succeeded").count() == 1  # result written once
     assert job.events.filter(type="stalled").count() == 1
     assert job.events.filter(type="repaired", message="lease_expired").count() == 1
+    assert_invariants(accepted=[job.id])  # tests/faults/invariants.py
 
 
 def test_the_same_message_delivered_twice_runs_the_handler_once(
@@ -117,6 +119,7 @@ def test_the_same_message_delivered_twice_runs_the_handler_once(
     assert effects(broker, job) == {1: 1}
     assert job.executions.count() == 1
     assert job.events.filter(type="started").count() == 1
+    assert_invariants(accepted=[job.id])  # tests/faults/invariants.py
 
 
 @pytest.mark.slow
@@ -145,6 +148,7 @@ def test_worker_whose_lease_was_taken_over_cannot_overwrite_the_new_result(
     assert job.lease_token != first_lease
     assert job.events.filter(type="succeeded").count() == 1
     assert [(e.attempt, e.status) for e in job.executions.order_by("attempt")] == [(1, "lost"), (2, "succeeded")]
+    assert_invariants(accepted=[job.id])  # tests/faults/invariants.py
 
 
 def test_job_over_its_timeout_fails_with_a_timeout_error(
@@ -177,6 +181,7 @@ def test_dispatched_job_whose_message_was_deleted_is_redispatched_and_completes(
     assert job.events.filter(type="redispatched").count() == 1
     assert job.events.filter(type="repaired", message="dispatch_lost").count() == 1
     assert job.dispatch_token != first_token or job.dispatch_token is None
+    assert_invariants(accepted=[job.id])  # tests/faults/invariants.py
 
 
 @pytest.mark.slow
@@ -216,3 +221,4 @@ def test_sigterm_lets_the_running_job_finish_and_leaves_nothing_running(
     assert job.status == "succeeded" and job.result == {"attempt": 1}
     assert not Job.objects.filter(status="running").exists()
     assert list(job.executions.values_list("status", flat=True)) == ["succeeded"]
+    assert_invariants(accepted=[job.id])  # tests/faults/invariants.py
