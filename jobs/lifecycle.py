@@ -610,6 +610,19 @@ def requeue(job_id: UUID, reason: str = "requeued by operator") -> Job:
 # A handler that waits on a waitpoint (batches.waits) gives up its lease and its
 # tenant's concurrency slot; `jobs` knows only the waitpoint's id, never its model.
 
+def _dispatch_after_commit() -> None:
+    """Refill after the waiting transition commits, not inside it: its caller may hold
+    a batch or waitpoint row that a finishing job, holding the dispatch lock since its
+    finish statement, is waiting for (the deadlock the soak found in batch intake).
+    A failure here loses nothing: beat's dispatch cycle picks the jobs up."""
+
+    def run() -> None:
+        with transaction.atomic(durable=True):
+            dispatch.dispatch_tenant(None)
+
+    transaction.on_commit(run, robust=True)
+
+
 _SUSPEND_SQL = """
 WITH j AS (
     UPDATE jobs_job SET
@@ -638,7 +651,7 @@ def suspend_in_tx(job_id: UUID, lease_token: UUID, waitpoint_id: UUID) -> bool:
     """running → waiting on `waitpoint_id`, for the lease holder, in the caller's transaction.
 
     The attempt's execution is closed as `suspended`, the lease cleared, and the freed
-    slot refilled. False: the lease was taken over or the job cancelled first; the
+    slot refilled after commit. False: the lease was taken over or the job cancelled first; the
     caller must roll back whatever it created for the wait and stop the handler.
     """
     with connection.cursor() as cursor:
@@ -650,7 +663,7 @@ def suspend_in_tx(job_id: UUID, lease_token: UUID, waitpoint_id: UUID) -> bool:
         row = cursor.fetchone()
     if row is None:
         return False
-    dispatch.dispatch_tenant(row[0])
+    _dispatch_after_commit()
     _log("job_suspended", job=job_id, tenant=row[0], waitpoint=waitpoint_id)
     return True
 
@@ -670,7 +683,7 @@ SELECT id, tenant_id FROM j
 
 def resume_in_tx(waitpoint_id: UUID, job_id: UUID | None = None) -> list[UUID]:
     """waiting → queued for the jobs waiting on `waitpoint_id` (or just `job_id`),
-    once that waitpoint is completed; then dispatch. In the caller's transaction.
+    once that waitpoint is completed; dispatched after commit. In the caller's transaction.
 
     Returns the ids that moved. An empty list means none was waiting on it any more
     (already resumed, cancelled, or waiting on something else): nothing to do.
@@ -683,9 +696,8 @@ def resume_in_tx(waitpoint_id: UUID, job_id: UUID | None = None) -> list[UUID]:
              "data": Jsonb({"waitpoint": str(waitpoint_id)})},
         )
         rows = cursor.fetchall()
-    for tenant_id in sorted({r[1] for r in rows}):
-        dispatch.dispatch_tenant(tenant_id)
     if rows:
+        _dispatch_after_commit()
         _log("jobs_resumed", waitpoint=waitpoint_id, count=len(rows))
     return [r[0] for r in rows]
 
