@@ -131,3 +131,26 @@ def test_postgres_backend_terminated_before_the_finish_write_is_retried_once(
     assert job.events.filter(type="succeeded").count() == 1
     assert worker.proc.poll() is None
     assert_invariants(accepted=[job.id])
+
+
+def test_broker_connections_reset_mid_run_lose_nothing(
+    worker_factory: Callable[..., Worker], tenant: Tenant, redis_server: RedisServer,
+    proxies: Callable[[str, int], Proxy],
+) -> None:
+    proxy = proxies("127.0.0.1", redis_server.port)
+    via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+    with use_broker(redis_server.url):
+        fault_worker(worker_factory, concurrency=2, beat=True, env={"REDIS_URL": via_proxy})
+        jobs = [lifecycle.submit(tenant, "faults.sleep", {"seconds": 1}).job.id for _ in range(8)]
+        for _ in range(2):
+            wait_for(lambda: Job.objects.filter(id__in=jobs, status="running").exists(), 60, what="a job running")
+            assert proxy.connections >= 1
+            proxy.reset()  # RST on every broker connection of the worker (and its beat)
+            time.sleep(1.5)
+
+        # Reserved messages die with their connection (unacked until the visibility
+        # timeout); the dispatch deadline brings those jobs back.
+        wait_all(jobs, "succeeded", timeout=120)
+    for job_id in jobs:
+        assert [s for _, s in runs(job_id)].count("succeeded") == 1
+    assert_invariants(accepted=jobs)
