@@ -163,6 +163,7 @@ def test_job_over_its_timeout_fails_with_a_timeout_error(
 
     assert job.error["type"] == "TimeoutError"
     assert [(e.attempt, e.status) for e in job.executions.all()] == [(1, "timed_out")]
+    assert_invariants(accepted=[job.id])  # tests/faults/invariants.py
 
 
 @pytest.mark.slow
