@@ -10,6 +10,26 @@ Two modes:
 - `settled=False` (mid-run, the state machine): only what must hold at every
   commit (the transition history is legal, counters equal recounts, fencing, bounds).
 
+How each is checked:
+1. every accepted id has a job; every batch has exactly enqueued_count children with
+   distinct indexes; settled: every job is terminal.
+2. no top-level job outside `accepted`; no child index outside its batch.
+3. the history replay below; executions = starts; at most one open execution, and
+   only for the current lease; batch counters = a recount of the children.
+4. every unfinished row carries the deadline that moves it on (run_at, dispatch
+   deadline, lease and timeout, waitpoint timeout, seal deadline); every attempt
+   ended within its hard limit + lease + sweep interval (+ slack for a loaded
+   machine); settled: no batch open.
+5. no tenant over its concurrency limit, the platform under DISPATCH_MAX_ACTIVE;
+   settled: no active row past its lease or dispatch deadline.
+6. a batch's waitpoint is completed exactly when the batch closed, as an error when
+   it was cancelled or aborted; per job and waitpoint at most one suspension and no
+   more resumptions than suspensions; settled: nobody waits on a completed waitpoint.
+7. no second succeeded execution in a run; a stale write that won would also break
+   the replay (the state machine checks each start, renewal and finish directly).
+8. attempts <= max_attempts and = the runs started since the last requeue (minus
+   suspensions); stalls <= MAX_STALLED_COUNT + 1, the last one failing the job.
+
 The job's own event log is the witness: every transition writes its event in the
 transition's own transaction, so replaying a job's events must give a legal path
 that ends in the job's current status, with exactly one terminal transition per
