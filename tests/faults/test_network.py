@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from jobs import lifecycle
+from jobs import lifecycle, sweeper
 from jobs.models import Job, JobEvent, Tenant
 from tests.faults.conftest import (
     wait_for,
@@ -64,7 +64,10 @@ def test_redis_stalled_longer_than_the_lease_costs_no_lease_and_no_duplicate(
         assert proxy.connections >= 1, "the worker talks to Redis through the proxy"
         proxy.stall()  # the broker hangs: no acks, no deliveries, no beat ticks
         time.sleep(2.5 * settings.JOB_LEASE_SECONDS)
-        # Heartbeats go to Postgres: the running jobs kept their leases.
+        # Heartbeats go to Postgres: a sweep now (from here, beat is stalled) finds
+        # every lease alive.
+        report = sweeper.sweep()
+        assert "running_lease_expired" not in report.counts(), report.counts()
         assert Job.objects.filter(id__in=jobs, status="running").count() == 2
         assert not JobEvent.objects.filter(job_id__in=jobs, type="stalled").exists()
         proxy.resume()
