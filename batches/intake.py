@@ -396,6 +396,9 @@ class _Writer:
     def finish(self) -> tuple[IntakeResult, int | None]:
         return self.result, self.bad
 
+    def abandon(self) -> None:
+        """The reader failed: finish what was already handed over, then stop."""
+
 
 class _PipelinedWriter(_Writer):
     """Writes each chunk in a second thread, on its own connection, while the caller
@@ -439,6 +442,10 @@ class _PipelinedWriter(_Writer):
             raise self._error
         return self.result, self.bad
 
+    def abandon(self) -> None:
+        self._queue.put(None)  # what was handed over is still written (a resend skips it)
+        self._thread.join()
+
 
 def _run(
     objects: Iterator[tuple[int, Any, bytes]],
@@ -474,6 +481,9 @@ def _run(
                     break  # a mismatch, or sealed: everything expected is in
     except ItemError as exc:
         item_error = exc  # the items before it are still written
+    except BaseException:
+        writer.abandon()  # never leave the writer thread (and its connection) behind
+        raise
     if pending and not writer.stopped():
         writer.write(pending)
     result, bad = writer.finish()

@@ -262,3 +262,22 @@ def test_statistics_are_refreshed_only_when_a_stream_outgrew_them(tenant: object
 
     assert not intake.analyze_jobs_if_stale(1000)  # a third of what the statistics know
     assert intake.analyze_jobs_if_stale(5000)  # more than the table they describe
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reader_that_fails_stops_the_writer_thread(tenant: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(intake, "FLUSH_SECONDS", 3600)  # chunks by size only
+
+    batch = lifecycle.create_batch(tenant, task="examples.echo", run_count=5000).batch  # type: ignore[arg-type]
+
+    def pieces() -> Iterator[bytes]:
+        yield ndjson([{"payload": i} for i in range(intake.CHUNK_ITEMS + 1)])
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        intake.add_items(batch.id, intake.read_lines(intake.LineSplitter(pieces())))
+    assert not [t for t in threading.enumerate() if t.name == "batch-intake-writer"]
+    # The chunk handed over before the failure is written; the item after it is not.
+    assert Job.objects.filter(batch=batch).count() == intake.CHUNK_ITEMS
