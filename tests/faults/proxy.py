@@ -26,6 +26,7 @@ class Proxy:
         self.port = free_port()
         self._stalled = False
         self._refusing = False
+        self.accepted = 0  # connections carried so far (reconnects show here)
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -119,6 +120,7 @@ class Proxy:
             client_w.transport.abort()
             return
         self._writers.update((client_w, upstream_w))
+        self.accepted += 1
         await asyncio.gather(self._pipe(client_r, upstream_w), self._pipe(upstream_r, client_w))
         for w in (client_w, upstream_w):
             self._writers.discard(w)

@@ -157,3 +157,25 @@ def test_broker_connections_reset_mid_run_lose_nothing(
     for job_id in jobs:
         assert [s for _, s in runs(job_id)].count("succeeded") == 1
     assert_invariants(accepted=jobs)
+
+
+def test_worker_postgres_connections_reset_again_and_again_each_job_finishes_once(
+    worker_factory: Callable[..., Worker], tenant: Tenant, proxies: Callable[[str, int], Proxy],
+) -> None:
+    s = connection.settings_dict
+    proxy = proxies(s["HOST"] or "127.0.0.1", int(s["PORT"] or 5432))
+    Tenant.objects.filter(id=tenant.id).update(concurrency_limit=4)
+    # Starts, heartbeats, finishes and refills of this worker all cross the proxy.
+    fault_worker(worker_factory, concurrency=2, env={"DATABASE_URL": database_url_via(proxy.port)})
+    fault_worker(worker_factory, concurrency=1, beat=True)  # a healthy sweeper
+    jobs = [lifecycle.submit(tenant, "faults.sleep", {"seconds": 0.2 * (i % 4)}).job.id for i in range(40)]
+
+    for _ in range(6):  # RST on every connection, wherever its statements happen to be
+        wait_for(lambda: proxy.connections >= 1, 30, what="the worker connected through the proxy")
+        time.sleep(0.7)
+        proxy.reset()
+
+    wait_all(jobs, "succeeded", timeout=180)
+    assert proxy.accepted > 3, "the worker reconnected after the resets"
+    assert JobEvent.objects.filter(job_id__in=jobs, type="succeeded").count() == len(jobs)
+    assert_invariants(accepted=jobs)
