@@ -109,6 +109,7 @@ class Batch(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name_plural = "batches"
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "idempotency_key"],
