@@ -37,6 +37,10 @@ def queue_backlog(tenant: object, count: int, task: str = "examples.echo", paylo
              max_attempts=3, timeout_seconds=60) for _ in range(count)],
         batch_size=1000,
     )
+    from django.db import connection
+
+    with connection.cursor() as cursor:  # as intake does after a large stream
+        cursor.execute("ANALYZE jobs_job")
 
 
 def wait_count(sql: str, params: list[object], target: int, timeout: float = 600) -> float:
