@@ -47,8 +47,11 @@ def assert_nothing_stuck() -> None:
 
 
 def test_worker_killed_mid_job_is_seen_requeued_and_completed_once(
-    monitored_worker: Callable[..., Worker], tenant: Tenant, broker: redis.Redis
+    monitored_worker: Callable[..., Worker], tenant: Tenant, broker: redis.Redis, settings: Any
 ) -> None:
+    # The re-dispatch below must outlive the next worker's boot on a loaded machine, or
+    # that worker's startup sweep (rightly) re-dispatches it again: a second repair.
+    settings.DISPATCH_DEADLINE_SECONDS = 120
     worker = monitored_worker()
     job = lifecycle.submit(tenant, "monitoring.nap", {"seconds": 60, "slow_attempts": 1}, max_attempts=3).job
     wait_until(lambda: effects(broker, job).get(1) == 1, what="attempt 1 running")
