@@ -17,7 +17,8 @@ def configure(app: Celery) -> None:
         broker_url=settings.REDIS_URL,
         result_backend=settings.CELERY_RESULT_BACKEND,
         result_extended=settings.CELERY_RESULT_EXTENDED,
-        # JSON only: a pickled message from anyone who can write to Redis is code execution.
+        # JSON only: a serialiser that builds arbitrary objects turns write access to
+        # Redis into code execution.
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
