@@ -11,7 +11,7 @@ from celery import Celery
 PREFIX = os.environ.get("BENCH_CHORD_PREFIX", "bpbench-chord:")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-app = Celery("chordbench")
+app = Celery("chordbench", set_as_current=False)  # never the process's current app
 app.conf.update(
     broker_url=REDIS_URL,
     result_backend=REDIS_URL,

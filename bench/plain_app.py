@@ -12,7 +12,7 @@ from celery import Celery
 PREFIX = os.environ.get("BENCH_PLAIN_PREFIX", "bpbench-plain:")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-app = Celery("plain")
+app = Celery("plain", set_as_current=False)  # never the process's current app
 app.conf.update(
     broker_url=REDIS_URL,
     task_serializer="json",
