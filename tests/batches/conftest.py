@@ -15,8 +15,9 @@ from django.db import connection
 
 from batches import intake, lifecycle
 from batches.models import Batch
-from jobs.models import ApiKey, Tenant
-from tests.api.conftest import ApiClient
+from jobs.models import Tenant
+# The API clients are the API tests' own fixtures, shared rather than copied.
+from tests.api.conftest import ApiClient, api, make_client, other_api  # noqa: F401
 from tests.workers import ROOT, wait_until
 
 
@@ -38,28 +39,6 @@ def batch_factory(tenant: Tenant) -> Callable[..., Batch]:
         return lifecycle.create_batch(owner, **fields).batch
 
     return make
-
-
-@pytest.fixture
-def make_client(tenant_factory: Callable[..., Tenant]) -> Callable[..., ApiClient]:
-    def make(owner: Tenant | None = None) -> ApiClient:
-        owner = owner or tenant_factory()
-        _, key = ApiKey.generate(owner)
-        client = ApiClient(key)
-        client.tenant = owner  # type: ignore[attr-defined]
-        return client
-
-    return make
-
-
-@pytest.fixture
-def api(make_client: Callable[..., ApiClient], tenant: Tenant) -> ApiClient:
-    return make_client(tenant)
-
-
-@pytest.fixture
-def other_api(make_client: Callable[..., ApiClient]) -> ApiClient:
-    return make_client()
 
 
 TASK_MODULES = "jobs.examples,batches.examples,tests.tasks,tests.batches.tasks"
